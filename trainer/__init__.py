@@ -1,0 +1,1 @@
+"""MedPEFT trainer: data, the training loops, HPO, metrics, Hub, inference helpers."""
