@@ -128,7 +128,8 @@ def _register_tiny_models() -> None:
     @register_model
     def medpeft_tiny_resnet(pretrained: bool = False, **kwargs):
         """ResNet with one BasicBlock per stage and widths 8/16/32/64, BatchNorm, 32x32 inputs."""
-        args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8)
+        args = dict(block=BasicBlock, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), stem_width=8,
+                    zero_init_last=False)  # a zero last-BN would cut every block off at random init
         args.update(_drop_hub_kwargs(kwargs))
         return _cfg(ResNet(**args), "conv1", "fc")
 

@@ -104,8 +104,8 @@ def _apply_deep(model: nn.Module, **hp) -> nn.Module:
 register(Method(
     name="vpt_shallow", families=("vit",), apply=_apply_shallow, merge=None,
     defaults={"num_prompts": 10, "dropout": 0.0}, summary="learnable prompt tokens at the input + head",
-    paper="Jia et al., Visual Prompt Tuning, ECCV 2022", paper_name="vpt_shallow"))
+    paper="Jia et al., Visual Prompt Tuning, ECCV 2022", paper_name=None))
 register(Method(
     name="vpt_deep", families=("vit",), apply=_apply_deep, merge=None,
     defaults={"num_prompts": 10, "dropout": 0.0}, summary="learnable prompt tokens at every block's input + head",
-    paper="Jia et al., Visual Prompt Tuning, ECCV 2022", paper_name="vpt_deep"))
+    paper="Jia et al., Visual Prompt Tuning, ECCV 2022", paper_name=None))
