@@ -20,6 +20,7 @@ import math
 import os
 import platform
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ from .config import ConfigError, TrainConfig
 from .metrics import aggregate, classification_metrics, headline
 
 ReportFn = Callable[[int, float], None]  # (epoch, validation headline) -> may raise optuna.TrialPruned
+ProgressFn = Callable[[dict], None]  # live events for a UI: {"kind": "epoch" | "step", ...}
 
 
 class RunExistsError(ConfigError):
@@ -90,8 +92,13 @@ def cache_size_for(dcfg: dict) -> int:
     return int(math.ceil(size / min(1.0, dcfg.get("crop_pct", 1.0) or 1.0)))
 
 
-def run(cfg: TrainConfig, report: ReportFn | None = None) -> dict:
-    """Train every seed, write results.json, save (and push) the adapter. Returns the results dict."""
+def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn | None = None,
+        stop: threading.Event | None = None) -> dict:
+    """Train every seed, write results.json, save (and push) the adapter. Returns the results dict.
+
+    ``report(epoch, val)`` feeds HPO pruning; ``progress(event)`` receives live step/epoch events;
+    setting ``stop`` ends training after the current step: the best validation checkpoint so far is
+    tested and saved as usual (and the results say ``stopped_early_by_user``)."""
     from .data import build_image_cache
 
     cfg.validate()
@@ -112,8 +119,12 @@ def run(cfg: TrainConfig, report: ReportFn | None = None) -> dict:
     index = cache.index
     per_seed = []
     for seed in cfg.seeds:
-        per_seed.append(train_seed(cfg, index, cache, dcfg, seed, out / f"seed_{seed}", accelerator, report))
+        if stop is not None and stop.is_set() and per_seed:
+            break
+        per_seed.append(train_seed(cfg, index, cache, dcfg, seed, out / f"seed_{seed}", accelerator, report,
+                                   progress, stop))
     results = summarise(cfg, index, per_seed, out, time.time() - t0)
+    results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
     if accelerator.is_main_process:
         _atomic_json(out / "results.json", results)
         print(format_summary(results))
@@ -130,7 +141,9 @@ def run(cfg: TrainConfig, report: ReportFn | None = None) -> dict:
 def _loaders(cfg, index, cache, dcfg, splits, seed):
     from .data import CachedImageDataset, build_transforms
 
-    train_tf, eval_tf = build_transforms(dcfg, train=True), build_transforms(dcfg, train=False)
+    # Milder than timm's ImageNet defaults (scale 0.08, jitter 0.4): lesions must stay in the crop.
+    train_tf = build_transforms(dcfg, train=True, scale=(0.5, 1.0), color_jitter=0.1)
+    eval_tf = build_transforms(dcfg, train=False)
     g = torch.Generator().manual_seed(seed)
     kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
               pin_memory=torch.cuda.is_available())
@@ -216,7 +229,8 @@ def _load_checkpoint(path: Path, model, opt, sched) -> dict:
 
 
 def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path, accelerator,
-               report: ReportFn | None = None) -> dict:
+               report: ReportFn | None = None, progress: ProgressFn | None = None,
+               stop: threading.Event | None = None) -> dict:
     from accelerate.utils import set_seed
 
     from .data import load_splits, make_splits, save_splits
@@ -235,12 +249,25 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
     model = apply_method(model, cfg.method, **cfg.hparams)
     trainable, total = count_params(model)
     train_dl, val_dl, test_dl = _loaders(cfg, index, cache, dcfg, splits, seed)
+    # ---- BEGIN linear probe on cached features (trainer/features.py) ------------------------------------
+    # The frozen backbone runs once per split (features cached on disk, reused by later epochs, seeds and
+    # HPO trials); the loop below then trains and evaluates a HeadOnly view - the model's own head module -
+    # on features. ``full_model`` stays the model whose adapter (head tensors) is checkpointed and saved.
+    full_model = None
+    if cfg.method == "linear_probe" and cfg.cache_features:
+        from .features import cached_feature_setup
+
+        swap = cached_feature_setup(cfg, model, index, cache, dcfg, splits, seed, accelerator)
+        if swap is not None:  # None: this backbone's head cannot be split off, so train on images
+            full_model = model
+            model, train_dl, val_dl, test_dl = swap
+    # ---- END linear probe on cached features -------------------------------------------------------------
     steps = len(train_dl) if cfg.max_steps_per_epoch is None else min(len(train_dl), cfg.max_steps_per_epoch)
     opt = _optimizer(model, cfg)
     sched = _scheduler(opt, cfg, steps)
     model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
     loss_fn = _loss_fn(index, cfg)
-    plain = accelerator.unwrap_model(model)
+    plain = accelerator.unwrap_model(model) if full_model is None else full_model  # see the cached-feature branch
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     ckpt = out / "checkpoint"
     best_path = out / "best.safetensors"
@@ -251,14 +278,15 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
     t0 = time.time()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+    stopped = (lambda: stop is not None and stop.is_set())
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not stopped():
         epoch = state["epoch"] + 1
         model.train()
         total_loss, n_batches = 0.0, 0
         bar = tqdm(train_dl, total=steps, desc=f"seed {seed} epoch {epoch}/{cfg.epochs}", disable=not main,
                    leave=False, dynamic_ncols=True)
         for step, (x, y) in enumerate(bar):
-            if step >= steps:
+            if step >= steps or (stopped() and n_batches):
                 break
             with accelerator.autocast():
                 logits = model(x)
@@ -272,6 +300,9 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
             total_loss += loss.item()
             n_batches += 1
             bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
+            if progress is not None:
+                progress({"kind": "step", "seed": seed, "epoch": epoch, "step": step + 1, "steps": steps,
+                          "loss": total_loss / n_batches})
         bar.close()
         val = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel)
         score = headline(val)
@@ -294,6 +325,9 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
                           f"{'  *' if improved else ''}")
         if main:
             _save_checkpoint(ckpt, plain, opt, sched, state)
+        if progress is not None:
+            progress({"kind": "epoch", "seed": seed, "epoch": epoch, "epochs": cfg.epochs, "improved": improved,
+                      "train_loss": state["history"][-1]["train_loss"], "val": val})
         accelerator.wait_for_everyone()
         if report is not None:
             report(epoch, score)
