@@ -60,6 +60,11 @@ def git_commit() -> str | None:
 def _accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
 
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
 
 
@@ -288,10 +293,10 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
         for step, (x, y) in enumerate(bar):
             if step >= steps or (stopped() and n_batches):
                 break
+            opt.zero_grad(set_to_none=True)  # before the forward: last step's grads are not kept alive
             with accelerator.autocast():
                 logits = model(x)
             loss = loss_fn(logits.float(), y.float() if index.multilabel else y)
-            opt.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             if cfg.grad_clip:
                 accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)

@@ -44,6 +44,7 @@ class TrainConfig:
     test_frac: float = 0.2
     cache_dir: str | None = None  # decoded-image cache; default <output_dir>/../.cache
     num_workers: int = 2
+    cache_features: bool = True  # linear_probe: train the head on cached frozen-backbone features
     # optimisation
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int = 20
@@ -211,17 +212,17 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
                 raise ConfigError(f"--{m.replace('_', '-')}-{hp.replace('_', '-')} is a hyper-parameter of "
                                   f"{m!r}, but the method is {method!r}")
             hparams[hp] = value
-    for item in args.hp:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--hp takes KEY=VALUE, got {item!r}")
-        hparams[key] = _parse_value(value)
-    values["hparams"] = hparams
-    options = dict(values.get("dataset_options") or {})
-    for item in args.dataset_option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--dataset-option takes KEY=VALUE, got {item!r}")
-        options[key] = _parse_value(value)
-    values["dataset_options"] = options
+    values["hparams"] = {**hparams, **_key_values(args.hp, "--hp")}
+    values["dataset_options"] = {**(values.get("dataset_options") or {}),
+                                 **_key_values(args.dataset_option, "--dataset-option")}
     return TrainConfig(**values).validate()
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key] = _parse_value(value)
+    return out
