@@ -19,6 +19,10 @@ from . import lora  # noqa: E402,F401
 from . import layernorm  # noqa: E402,F401
 from . import adaptformer  # noqa: E402,F401
 from . import vpt  # noqa: E402,F401
+from . import unet  # noqa: E402,F401
+from . import svdiff  # noqa: E402,F401
+from . import difffit  # noqa: E402,F401
+from . import unet_lora  # noqa: E402,F401
 
 __all__ = ["OFFLINE_LITE0", "BackboneError", "create_backbone", "data_config", "MethodError", "NotMergeable",
            "count_params", "family_of", "head_name", "trainable_names", "unwrap", "METHODS", "Method",

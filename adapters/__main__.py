@@ -138,14 +138,12 @@ def list_methods(as_json: bool) -> None:
 
 
 def build_unet(spec: str):
-    if importlib.util.find_spec(f"{__package__}.unet") is None:
-        raise UsageError("--unet: U-Net listing is not available yet (no adapters.unet module)")
-    unet = importlib.import_module(f"{__package__}.unet")
-    if not hasattr(unet, "build_unet"):
-        raise UsageError("--unet: U-Net listing is not available yet (adapters.unet has no build_unet)")
-    if not methods_for("unet"):
-        raise UsageError("--unet: no method for the unet family is registered yet")
-    return unet.build_unet(spec)
+    from .unet import build_unet as build
+
+    try:
+        return build(spec)
+    except (BackboneError, OSError, ValueError) as e:
+        raise UsageError(f"--unet {spec}: {e}") from None
 
 
 def cmd_list(args: argparse.Namespace) -> None:

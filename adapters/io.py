@@ -143,6 +143,8 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, config: AdapterCon
     _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=meta))
     if is_peft(model):
         model.peft_config["default"].save_pretrained(str(folder))  # adapter_config.json
+    if get_method(config.method).export is not None:  # extra formats (diffusers LoRA file)
+        get_method(config.method).export(model, folder)
     _atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(config.to_json()))
     _atomic_write(folder / "README.md", lambda p: Path(p).write_text(card or model_card(config)))
     return folder

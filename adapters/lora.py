@@ -44,6 +44,7 @@ import re
 import torch
 from torch import nn
 
+from . import unet_lora
 from .core import MethodError, family_of, freeze, head_name, is_vit_attention, modules_of_type, unwrap
 from .registry import Method, register
 
@@ -166,6 +167,8 @@ def _apply_lora(model: nn.Module, rank: int = 8, alpha: float = 8, dropout: floa
     from peft import LoraConfig
 
     family = family_of(model)
+    if family == "unet":  # Stable Diffusion U-Net: diffusers' add_adapter (adapters.unet_lora)
+        return unet_lora.apply(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, use_dora=use_dora)
     if targets == "auto":
         targets = "qkv" if family == "vit" else "conv"
     freeze(model)  # BatchNorm pinned to eval mode; peft then freezes all but LoRA and the head copy
@@ -186,13 +189,16 @@ def _apply_dora(model: nn.Module, **hp) -> nn.Module:
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold ``B @ A`` (and DoRA's magnitude) into the weights; re-fuse split q/k/v."""
+    if family_of(model) == "unet":
+        return unet_lora.merge(model)
     return fuse_qkv(model.merge_and_unload())
 
 
 _DEFAULTS = {"rank": 8, "alpha": 8, "dropout": 0.0, "targets": "auto"}
 
 register(Method(
-    name="lora", families=("vit", "cnn"), apply=_apply_lora, merge=merge_lora, defaults=dict(_DEFAULTS),
+    name="lora", families=("vit", "cnn", "unet"), apply=_apply_lora, merge=merge_lora, defaults=dict(_DEFAULTS),
+    export=unet_lora.export,
     summary="low-rank updates of attention qkv (ViT) / k>1 convolutions (CNN) + head",
     paper="Hu et al., LoRA, ICLR 2022", peft=True, identity_at_init=True, paper_name="lora"))
 register(Method(

@@ -6,6 +6,7 @@ the backbone family and the hyper-parameters, then calls the method's ``apply``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
@@ -35,6 +36,9 @@ class Method:
     """Buffers that training changes and the adapter file must carry (BatchNorm statistics)."""
     paper_name: str | None = None
     """The row name in Dutt et al. 2024, where the method is in the paper."""
+    export: Callable[[nn.Module, Path], None] | None = None
+    """``export(model, folder)``: extra files :func:`adapters.io.save_adapter` writes beside the adapter
+    (e.g. the U-Net LoRA in diffusers' ``pytorch_lora_weights.safetensors`` format)."""
 
 
 METHODS: dict[str, Method] = {}

@@ -15,12 +15,17 @@ identity at init (nothing is added).
   report the exact count).
 - ``attention``     weights and biases of every ViT attention block (``qkv`` and ``proj``) + head
   (Touvron et al., "Three things everyone should know about ViTs", ECCV 2022).
+
+``full``, ``bias`` and ``attention`` also apply to the Stable Diffusion U-Net (family ``unet``, no head):
+``attention`` then trains ``to_q``/``to_k``/``to_v``/``to_out.0`` of every diffusers ``Attention``
+(self- and cross-attention). The U-Net-only ``norm``, ``bias_norm`` and ``bias_norm_attention`` are
+registered in :mod:`adapters.unet`, with the SD 1.5 counts beside the paper's.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .core import (BN_TYPES, bias_param, freeze, is_vit_attention, train_head, train_params,
+from .core import (BN_TYPES, bias_param, family_of, freeze, is_vit_attention, train_head, train_params,
                    unfreeze_bn_stats, unwrap)
 from .registry import Method, register
 
@@ -74,6 +79,10 @@ def _bn_buffers(model: nn.Module) -> list[str]:
 
 
 def _apply_attention(model: nn.Module) -> nn.Module:
+    if family_of(model) == "unet":  # the diffusers Attention projections (adapters.unet)
+        from .unet import apply_unet_attention
+
+        return apply_unet_attention(model)
     freeze(model)
     for name, module in model.named_modules():
         if is_vit_attention(name, module):
@@ -84,7 +93,7 @@ def _apply_attention(model: nn.Module) -> nn.Module:
 
 
 register(Method(
-    name="full", families=("vit", "cnn"), apply=_apply_full, merge=_PLAIN_MERGE,
+    name="full", families=("vit", "cnn", "unet"), apply=_apply_full, merge=_PLAIN_MERGE,
     summary="every parameter (the baseline)", paper="-", identity_at_init=True,
     saved_buffers=_all_buffers, paper_name="full"))
 register(Method(
@@ -95,7 +104,7 @@ register(Method(
     summary="all bias terms + head", paper="Ben Zaken et al., BitFit, ACL 2022",
     identity_at_init=True, paper_name="bitfit"))
 register(Method(
-    name="bias", families=("cnn", "vit"), apply=_apply_bias, merge=_PLAIN_MERGE,
+    name="bias", families=("cnn", "vit", "unet"), apply=_apply_bias, merge=_PLAIN_MERGE,
     summary="all bias terms + head (TinyTL-style)", paper="Cai et al., TinyTL, NeurIPS 2020",
     identity_at_init=True, paper_name="bias"))
 register(Method(
@@ -105,7 +114,7 @@ register(Method(
     paper="Frankle et al., Training BatchNorm and only BatchNorm, ICLR 2021",
     identity_at_init=True, paper_name="batchnorm"))
 register(Method(
-    name="attention", families=("vit",), apply=_apply_attention, merge=_PLAIN_MERGE,
+    name="attention", families=("vit", "unet"), apply=_apply_attention, merge=_PLAIN_MERGE,
     summary="attention blocks' weights and biases + head",
     paper="Touvron et al., Three things everyone should know about ViTs, ECCV 2022",
     identity_at_init=True, paper_name="attention"))

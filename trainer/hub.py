@@ -33,10 +33,11 @@ from typing import Any
 from adapters.core import MethodError
 from adapters.io import CONFIG_NAME, PAPER_CITATION, WEIGHTS_NAME, AdapterConfig, model_card, read_config
 from adapters.registry import get_method
+from adapters.unet_lora import DIFFUSERS_LORA_NAME  # U-Net LoRA in diffusers' format
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 CARD_NAME = "README.md"
-ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, PEFT_CONFIG_NAME, CARD_NAME)
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, PEFT_CONFIG_NAME, CARD_NAME, DIFFUSERS_LORA_NAME)
 """Everything an adapter repo holds (besides the Hub's own ``.gitattributes``)."""
 PULL_PATTERNS = ["*.json", "*.safetensors", CARD_NAME]
 LOGIN_HINT = ("log in with `hf auth login` (or the older `huggingface-cli login`), or set the HF_TOKEN "

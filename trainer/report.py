@@ -18,6 +18,18 @@ def _paper_lookup(ref: pd.DataFrame) -> dict:
             for r in ref.itertuples()}
 
 
+def _by_n_train(ref: pd.DataFrame, backbone: str, dataset: str, method: str, n_train) -> tuple | None:
+    """The paper's row for the same training-set size (within 10%), e.g. Table 4's 2,262 / 226 pairs."""
+    if n_train is None or n_train != n_train:
+        return None
+    rows = ref[(ref["backbone"] == backbone) & (ref["dataset"] == dataset) & (ref["method"] == method)]
+    rows = rows[(rows["n_train"] - float(n_train)).abs() <= 0.1 * float(n_train)]
+    if not len(rows):
+        return None
+    r = rows.iloc[0]
+    return r["metric"], r["mean"], r["std"]
+
+
 def tables(local: pd.DataFrame, ref: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """One table per (task, backbone, fraction): rows = methods, columns = datasets + averages."""
     paper = _paper_lookup(ref)
@@ -39,7 +51,8 @@ def tables(local: pd.DataFrame, ref: pd.DataFrame) -> dict[str, pd.DataFrame]:
                     continue
                 h = hit.iloc[-1]
                 cell = _fmt_score(h["metric"], h["mean"], h["std"])
-                ref_hit = paper.get((backbone, ds, method, round(float(fraction), 3)))
+                ref_hit = paper.get((backbone, ds, method, round(float(fraction), 3))) or \
+                    _by_n_train(ref, backbone, ds, method, h["n_train"])
                 if ref_hit is not None:
                     cell += f" (paper {_fmt_score(ref_hit[0], ref_hit[1], math.nan)})"
                 row[ds] = cell
