@@ -5,7 +5,9 @@ report text, and compare PEFT methods against Dutt et al. 2024.
 
 Environment: MEDPEFT_ADAPTERS_DIR (default ``runs``), MEDPEFT_HUB_ADAPTERS (comma-separated Hub repo
 ids of adapters), MEDPEFT_SD_BASE (Stable Diffusion pipeline: Hub id or local folder),
-MEDPEFT_RESULTS_DIRS (extra folders of results.json, os.pathsep-separated), HF_TOKEN.
+MEDPEFT_RESULTS_DIRS (extra folders of results.json, os.pathsep-separated), HF_TOKEN,
+MEDPEFT_DATA_ROOTS (os.pathsep-separated folders the Train tab may read registered datasets from;
+unset: any folder; set it on a public server).
 
 The handlers are thin: models live in ``trainer/infer.py``, results in ``trainer/results.py``.
 Research use only: not a medical device.
@@ -13,12 +15,20 @@ Research use only: not a medical device.
 from __future__ import annotations
 
 import argparse
+import copy
 import functools
+import html
 import importlib.util
+import inspect
+import json
 import logging
 import os
+import re
+import shutil
 import tempfile
 import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +41,7 @@ from adapters.io import PAPER_CITATION  # noqa: E402
 from trainer import results as R  # noqa: E402
 from trainer.infer import (AdapterList, Generator, InferenceError, Predictor, create_demo_adapter,  # noqa: E402
                            example_reports, find_adapters)
+from trainer.webtrain import TrainingJob  # noqa: E402
 
 log = logging.getLogger("medpeft.app")
 
@@ -43,6 +54,18 @@ CSS = """
 .medpeft-header h1 {margin-bottom: 0.1em;}
 .medpeft-header p {margin-top: 0; color: var(--body-text-color-subdued);}
 .medpeft-note {font-size: 0.9em; color: var(--body-text-color-subdued);}
+.medpeft-train-status {padding: 0.7em 0.9em; border-radius: var(--radius-lg);
+  border: 1px solid var(--border-color-primary); background: var(--block-background-fill);}
+.medpeft-train-status .medpeft-phase {font-weight: 600; margin-bottom: 0.15em;}
+.medpeft-train-status .medpeft-detail {font-size: 0.9em; color: var(--body-text-color-subdued);}
+.medpeft-train-status progress {-webkit-appearance: none; appearance: none; width: 100%; height: 10px;
+  margin: 0.45em 0 0.25em; border: none; border-radius: 5px; overflow: hidden; background: var(--neutral-200, #e5e7eb);}
+.medpeft-train-status progress::-webkit-progress-bar {background: var(--neutral-200, #e5e7eb); border-radius: 5px;}
+.medpeft-train-status progress::-webkit-progress-value {background: var(--primary-500, #14b8a6); border-radius: 5px;
+  transition: width 0.3s;}
+.medpeft-train-status progress::-moz-progress-bar {background: var(--primary-500, #14b8a6); border-radius: 5px;}
+.medpeft-train-status.medpeft-error {border-color: var(--error-border-color, #ef4444);}
+.medpeft-train-status.medpeft-error .medpeft-phase {color: var(--error-text-color, #b91c1c);}
 """
 
 
@@ -60,21 +83,41 @@ def user_errors(action: str) -> Callable:
     serving); anything unexpected is logged with its traceback and reported briefly."""
 
     def wrap(fn):
+        def plain(e: Exception) -> gr.Error:
+            from adapters import BackboneError, MethodError
+            from trainer.config import ConfigError
+            from trainer.data import DataError
+            from trainer.hub import HubError
+            from trainer.webtrain import UploadError
+
+            if isinstance(e, (DataError, InferenceError, MethodError, BackboneError, UploadError, ConfigError,
+                              HubError)):
+                return gr.Error(str(e), title=f"Could not {action}", print_exception=False)
+            # a bug: keep serving, tell the user plainly, log for the developer
+            log.error("unexpected error while trying to %s", action, exc_info=e)
+            return gr.Error(f"unexpected {type(e).__name__} while trying to {action}: {e}",
+                            title=f"Could not {action}", print_exception=False)
+
+        if inspect.isgeneratorfunction(fn):  # streaming handlers: errors raised while iterating too
+            @functools.wraps(fn)
+            def gen_inner(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except gr.Error:
+                    raise
+                except Exception as e:
+                    raise plain(e) from None
+
+            return gen_inner
+
         @functools.wraps(fn)
         def inner(*args, **kwargs):
-            from adapters import BackboneError, MethodError
-            from trainer.data import DataError
-
             try:
                 return fn(*args, **kwargs)
             except gr.Error:
                 raise
-            except (DataError, InferenceError, MethodError, BackboneError) as e:
-                raise gr.Error(str(e), title=f"Could not {action}", print_exception=False) from None
-            except Exception as e:  # a bug: keep serving, tell the user plainly, log for the developer
-                log.exception("unexpected error while trying to %s", action)
-                raise gr.Error(f"unexpected {type(e).__name__} while trying to {action}: {e}",
-                               title=f"Could not {action}", print_exception=False) from None
+            except Exception as e:
+                raise plain(e) from None
 
         return inner
 
@@ -211,13 +254,290 @@ def _filter(adapters, dataset: str | None, task: str | None):
             and (not task or task == ALL or a.task == task)]
 
 
+# ------------------------------------------------------------------------------------ training (Train tab)
+UPLOAD = "upload"  # the Train tab's dataset source: the uploaded zip (else a registered dataset name)
+HPO_TRIAL_EPOCHS = 2  # quick HPO: epochs per trial
+_VIT_PREFIXES = ("vit_", "deit")
+
+
+def backbone_family(name: str) -> str:
+    """``vit`` for timm VisionTransformer names (vit_*, deit*), else ``cnn``."""
+    from adapters.backbones import TINY_VIT
+
+    base = (name or "").strip().split("/")[-1].split(":")[-1].split(".")[0]
+    return "vit" if base.startswith(_VIT_PREFIXES) or base == TINY_VIT else "cnn"
+
+
+def recommended_method(family: str) -> str:
+    """Dutt et al. 2024: SSF for CNNs, LoRA for ViTs."""
+    return "lora" if family == "vit" else "ssf"
+
+
+def method_names(family: str) -> list[str]:
+    from adapters import methods_for
+
+    names = [m.name for m in methods_for(family)]
+    best = recommended_method(family)
+    return [best] + sorted(n for n in names if n != best)
+
+
+def train_backbones() -> list[tuple[str, str]]:
+    from adapters import OFFLINE_LITE0
+    from trainer.config import DEFAULT_CNN, DEFAULT_VIT
+
+    return [("EfficientNet-Lite0 · ImageNet · offline weights", OFFLINE_LITE0),
+            ("ViT-B/16, ImageNet-21k (Hub weights)", DEFAULT_VIT),
+            ("ViT-S/16, ImageNet-21k (Hub weights)", "vit_small_patch16_224.augreg_in21k_ft_in1k"),
+            ("DeiT-S (Hub weights)", "deit_small_patch16_224.fb_in1k"),
+            ("ResNet-50 (Hub weights)", DEFAULT_CNN)]
+
+
+def registered_datasets() -> list[tuple[str, str]]:
+    from trainer.data import DATASETS
+
+    return [("uploaded zip (above)", UPLOAD)] + [
+        ("image folder on the server (imagefolder)" if n == "imagefolder" else n, n)
+        for n in sorted(DATASETS) if n != "csv"]  # csv needs column options: use the command line
+
+
+def safe_run_name(text: str | None) -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", (text or "").strip()).strip("-.")
+    return name[:60]
+
+
+def _pct(x: Any) -> str:
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if x != x else f"{100 * x:.1f}%"
+
+
+def _elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+def train_status_html(phase: str, detail: str = "", fraction: float | None = None, error: bool = False) -> str:
+    """The Train tab's status: a phase line, a detail line and a progress bar."""
+    bar = "" if fraction is None else (f'<progress max="1000" value="{int(1000 * min(1.0, max(0.0, fraction)))}">'
+                                      f"{100 * fraction:.0f}%</progress>")
+    return (f'<div class="medpeft-train-status{" medpeft-error" if error else ""}">'
+            f'<div class="medpeft-phase">{html.escape(phase)}</div>{bar}'
+            f'<div class="medpeft-detail">{html.escape(detail)}</div></div>')
+
+
+def training_curve_figure(series: dict[str, list[dict]], metric: str = "f1_macro", epochs: int | None = None):
+    """Validation headline metric (%) and training loss per epoch; one line per run (HPO trials, final)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.6), dpi=100, layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0, 0.99, 0.86))  # the top stays free for gradio's label badge
+    ax_val, ax_loss = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    label = {"f1_macro": "macro-F1", "auroc": "AUROC"}.get(metric, metric)
+    for i, (name, points) in enumerate(series.items()):
+        if not points:
+            continue
+        x = [p["epoch"] for p in points]
+        style = dict(marker="o", markersize=4, color=f"C{i % 10}", label=name,
+                     linewidth=2.2 if name in ("training", "final run") else 1.3)
+        ax_val.plot(x, [100 * p["val"] for p in points], **style)
+        ax_loss.plot(x, [p["loss"] for p in points], **style)
+    ax_val.set(title=f"Validation {label}", xlabel="epoch", ylabel=f"{label} (%)", ylim=(-2, 102))
+    ax_loss.set(title="Training loss", xlabel="epoch", ylabel="loss")
+    last = max([epochs or 1] + [p["epoch"] for points in series.values() for p in points])
+    for ax in (ax_val, ax_loss):
+        ax.grid(alpha=0.3)
+        ax.set_xlim(0.7, max(2, last) + 0.3)  # the planned epochs: the curve fills in as it trains
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    if len(series) > 1:
+        ax_val.legend(fontsize=8, loc="best")
+    return fig
+
+
+def confusion_figure(matrix: list[list[int]], class_names: list[str]):
+    """Test confusion matrix (rows: true class, columns: predicted), counts in the cells."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(matrix, dtype=float)
+    k = len(class_names)
+    side = min(9.0, max(3.6, 0.5 * k + 2.2))
+    fig = Figure(figsize=(max(8.0, side + 1.6), side + 0.5), dpi=100, layout="constrained")
+    fig.get_layout_engine().set(rect=(0, 0, 1, 0.9))  # the top stays free for gradio's label badge
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(cm, cmap="Blues", vmin=0)
+    from matplotlib.ticker import MaxNLocator
+
+    fig.colorbar(im, ax=ax, shrink=0.8, label="images", ticks=MaxNLocator(integer=True))
+    ax.set_xticks(range(k), class_names, rotation=45 if k > 3 or max(map(len, class_names)) > 8 else 0,
+                  ha="right" if k > 3 else "center")
+    ax.set_yticks(range(k), class_names)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    if k <= 20:
+        high = cm.max() / 2 if cm.size and cm.max() > 0 else 0.5
+        for i in range(k):
+            for j in range(k):
+                ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=10 if k <= 10 else 7,
+                        color="white" if cm[i, j] > high else "black")
+    return fig
+
+
+def train_result_markdown(results: dict, seed_result: dict, key: str | None, adapter_folder: Path,
+                          adapters_dir: Path) -> str:
+    """Test metrics of a finished Train-tab run, where its adapter went, and what was trained."""
+    from trainer.results import format_params
+
+    test = seed_result["test"]
+    lines = ["### Test results", "Held-out test split, best-validation checkpoint "
+             f"(epoch {seed_result.get('best_epoch')} of {seed_result.get('epochs_run')} run).", ""]
+    cols = [(k, label) for k, label in (("f1_macro", "macro-F1"), ("accuracy", "accuracy"),
+                                         ("balanced_accuracy", "balanced accuracy"), ("auroc", "AUROC"))
+            if k in test]
+    lines += ["| " + " | ".join(label for _, label in cols) + " |", "|" + "---:|" * len(cols),
+              "| " + " | ".join(f"**{_pct(test[k])}**" if k == "f1_macro" else _pct(test[k]) for k, _ in cols) + " |"]
+    per_class = test.get("per_class_f1") or test.get("per_class_auroc")
+    if per_class:
+        what = "F1" if "per_class_f1" in test else "AUROC"
+        lines += ["", f"Per-class {what}: " + ", ".join(f"{c} {_pct(v)}" for c, v in per_class.items())]
+    sizes = results.get("split_sizes") or {}
+    tp, total = results.get("trainable_params"), results.get("total_params")
+    lines += ["", f"**{results['method']}** on `{results['backbone']}`"
+              + (f": {format_params(tp)} of {format_params(total)} parameters trained ({100 * tp / total:.2f}%)"
+                 if tp and total else "")
+              + (f" · {sizes.get('train')}/{sizes.get('val')}/{sizes.get('test')} train/val/test images"
+                 if sizes else "")
+              + f" · {float(results.get('wall_time_s') or 0):.0f} s"]
+    hpo = results.get("quick_hpo")
+    if hpo:
+        b = hpo["best"]
+        lines += [f"Quick HPO: {len(hpo['trials'])} trial(s) of {hpo['trial_epochs']} epoch(s); best lr "
+                  f"{b['lr']:.2g}, weight decay {b['weight_decay']:.2g} (val {_pct(b['val'])})."]
+    try:
+        where = adapter_folder.relative_to(adapters_dir.resolve())
+        where = f"{adapters_dir}/{where.as_posix()}"
+    except ValueError:
+        where = str(adapter_folder)
+    lines += ["", f"Adapter saved to `{where}`" + (f" and selected on the **Classify** tab (`{key}`)." if key
+                                                   else ".")]
+    if results.get("stopped_early_by_user"):
+        lines += ["", "**Stopped by you:** the best validation checkpoint so far was tested and saved."]
+    return "\n".join(lines)
+
+
+class QuickHPOJob(TrainingJob):
+    """Quick HPO: a few short optuna trials (``trainer.hpo``'s objective, TPE sampler, ASHA pruning,
+    ``HPO_TRIAL_EPOCHS`` epochs each, in a scratch folder), then the final training with the best
+    configuration. Events are the plain job's plus ``trial``/``trial_done``/``final``. ``stop()``
+    during the trials ends the current trial (its best checkpoint is tested) and keeps the best
+    completed trial as the run."""
+
+    def __init__(self, cfg, trials: int, scratch: str | os.PathLike, trial_epochs: int = HPO_TRIAL_EPOCHS):
+        super().__init__(cfg)
+        self.trials = int(trials)
+        self.trial_epochs = int(trial_epochs)
+        self.scratch = Path(scratch)
+
+    def _run(self) -> None:
+        import optuna
+
+        from trainer import hpo
+        from trainer.classify import run
+        from trainer.data import DataError
+
+        put = self._events.put
+        try:
+            base = copy.deepcopy(self.cfg)
+            base.epochs = max(1, min(self.cfg.epochs, self.trial_epochs))
+            done: list[dict] = []
+            counter = {"n": 0}
+
+            def train(cfg, report):
+                counter["n"] += 1
+                n = counter["n"]
+                if self.stopped:  # stopped between trials: no new trial (the study stops after this one)
+                    raise optuna.TrialPruned("stopped by the user")
+                put({"kind": "trial", "trial": n, "trials": self.trials, "epochs": cfg.epochs, "lr": cfg.lr,
+                     "weight_decay": cfg.weight_decay, "hparams": dict(cfg.hparams)})
+                try:
+                    results = run(cfg, report=report, progress=lambda e: put({**e, "trial": n}), stop=self._stop)
+                except optuna.TrialPruned:
+                    put({"kind": "trial_done", "trial": n, "pruned": True})
+                    raise
+                val = results["metrics"]["val"][results["headline"]]["mean"]
+                done.append({"trial": n, "lr": cfg.lr, "weight_decay": cfg.weight_decay, "hparams": dict(cfg.hparams),
+                             "val": val, "output_dir": cfg.output_dir})
+                put({"kind": "trial_done", "trial": n, "pruned": False, "val": val})
+                return results
+
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
+            study = hpo.make_study(f"quick-{self.cfg.method}", None, seed=0)
+            study.optimize(hpo.objective_for(base, self.scratch, train), n_trials=self.trials, catch=(),
+                           callbacks=[lambda st, _t: st.stop() if self.stopped else None])
+            if not done:
+                raise DataError("quick HPO: no trial completed (all were pruned or stopped)")
+            best = max(done, key=lambda t: t["val"])
+            summary = {"trials": [{k: v for k, v in t.items() if k != "output_dir"} for t in done],
+                       "best": {k: v for k, v in best.items() if k != "output_dir"}, "trial_epochs": base.epochs}
+            out = Path(self.cfg.output_dir)
+            if self.stopped:  # keep the best trial so far as the run
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(best["output_dir"], out)
+                results = json.loads((out / "results.json").read_text())
+                results["stopped_early_by_user"] = True
+            else:
+                final = hpo.best_config(self.cfg, study)
+                final.lr, final.weight_decay = best["lr"], best["weight_decay"]
+                final.hparams = {**final.hparams, **best["hparams"]}
+                put({"kind": "final", "lr": final.lr, "weight_decay": final.weight_decay,
+                     "hparams": dict(final.hparams)})
+                results = run(final, progress=lambda e: put({**e, "final": True}), stop=self._stop)
+            results["quick_hpo"] = summary
+            (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
+            self.results = results
+            put({"kind": "done", "results": results})
+        except Exception as e:  # shown to the user as a message; the server keeps serving
+            self.error = str(e) if isinstance(e, (DataError, ValueError)) else f"{type(e).__name__}: {e}"
+            put({"kind": "error", "message": self.error})
+
+
+class TrainRun:
+    """One session's running job; a Stop before the first training step waits for that step (a
+    checkpoint must exist to be kept)."""
+
+    def __init__(self, session: str, job: TrainingJob):
+        self.session, self.job = session, job
+        self.stop_requested = False
+        self.stepped = False
+        self._lock = threading.Lock()
+
+    def request_stop(self) -> None:
+        with self._lock:
+            self.stop_requested = True
+            if self.stepped:
+                self.job.stop()
+
+    def on_step(self) -> None:
+        with self._lock:
+            self.stepped = True
+            if self.stop_requested and not self.job.stopped:
+                self.job.stop()
+
+    def new_run(self) -> None:
+        """An HPO trial or the final run starts: a Stop waits for its first step again."""
+        with self._lock:
+            self.stepped = False
+
+
 # ------------------------------------------------------------------------------------ the app
 def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[str] | None = None,
               predictor: Predictor | None = None, generator: Generator | None = None, create_demo: bool = True,
               sd_base: str | None = None, results_dirs: list[str] | None = None,
-              examples_dir: str | os.PathLike | None = None, hub_endpoint: str | None = None) -> gr.Blocks:
+              examples_dir: str | os.PathLike | None = None, hub_endpoint: str | None = None,
+              train_dir: str | os.PathLike | None = None) -> gr.Blocks:
     """The Gradio app. ``adapters_dir`` default: MEDPEFT_ADAPTERS_DIR or ``runs``. With
-    ``create_demo`` and no adapter anywhere, a demo adapter (ImageNet classes) is written there."""
+    ``create_demo`` and no adapter anywhere, a demo adapter (ImageNet classes) is written there.
+    ``train_dir``: the Train tab's scratch folder (per-session upload extraction; default a new temp folder)."""
     adapters_dir = Path(adapters_dir or os.environ.get("MEDPEFT_ADAPTERS_DIR", "runs"))
     if results_dirs is None:
         results_dirs = [d for d in os.environ.get("MEDPEFT_RESULTS_DIRS", "").split(os.pathsep) if d]
@@ -369,6 +689,359 @@ def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[
                 _filter_update(df, "dataset", dataset), _filter_update(df, "method", method),
                 _filter_update(df, "source", source))
 
+    # -------------------------------------------------------------- Train tab handlers
+    from trainer.webtrain import default_choice
+
+    default_backbone, default_method = default_choice()
+    has_gpu = default_method == "lora"
+    train_root = Path(train_dir) if train_dir else Path(tempfile.mkdtemp(prefix="medpeft-app-train-"))
+    train_root.mkdir(parents=True, exist_ok=True)
+    train_lock = threading.Lock()
+    train_runs: dict[str, TrainRun] = {}  # session -> its running job
+    active: list[TrainRun] = []  # at most one (concurrency_limit=1); read by the "you are queued" note
+    queued: dict[str, str] = {}  # session -> "queued" | "cancel" (a Stop pressed while waiting in the queue)
+
+    def session_of(request: gr.Request | None) -> str:
+        return safe_run_name(getattr(request, "session_hash", None) or "") or "anonymous"
+
+    def work_dir(session: str) -> Path:
+        """A fresh per-session scratch folder (zip extraction, image cache, HPO trials)."""
+        folder = train_root / session / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        return folder
+
+    def remove_work(folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # the session folder, once empty
+        except OSError:
+            pass
+
+    def resolve_dataset(zip_file: str | None, dataset: str | None, data_dir: str | None, work: Path):
+        """(dataset name, data dir, DatasetCheck) for the upload or a registered dataset on disk."""
+        from trainer.data import DATASETS, DataError, load_dataset
+        from trainer.webtrain import MIN_PER_CLASS, DatasetCheck, check_dataset, dataset_root, safe_extract_zip
+
+        dataset = (dataset or UPLOAD).strip()
+        if dataset == UPLOAD:
+            if not zip_file:
+                raise DataError("upload a zip of your images first (one folder per class), or choose a "
+                                "registered dataset and its folder")
+            if not str(zip_file).lower().endswith(".zip"):
+                raise DataError(f"{Path(zip_file).name} is not a .zip file")
+            root = dataset_root(safe_extract_zip(zip_file, work / "upload"))
+            return "imagefolder", root, check_dataset(root)
+        if dataset not in DATASETS:
+            raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
+        folder = Path((data_dir or "").strip()).expanduser()
+        if not str(data_dir or "").strip():
+            raise DataError(f"enter the folder that holds {dataset} on the server (Data dir)")
+        roots = [Path(r).expanduser().resolve() for r in os.environ.get("MEDPEFT_DATA_ROOTS", "").split(os.pathsep)
+                 if r.strip()]
+        if roots and not any(folder.resolve() == r or r in folder.resolve().parents for r in roots):
+            raise DataError(f"{folder} is outside the folders this server trains from (MEDPEFT_DATA_ROOTS)")
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder on the server")
+        if dataset == "imagefolder":
+            return dataset, folder, check_dataset(folder)
+        index = load_dataset(dataset, folder)
+        counts = index.class_counts()
+        check = DatasetCheck(folder, counts, notes=list(index.notes))
+        few = {c: n for c, n in counts.items() if n < MIN_PER_CLASS}
+        if few:
+            check.problems.append("too few images to train, validate and test on: " + ", ".join(
+                f"{c} has {n}" for c, n in few.items()) + f" (at least {MIN_PER_CLASS} per class)")
+        return dataset, folder, check
+
+    @user_errors("check the dataset")
+    def check_dataset_view(zip_file: str | None, dataset: str | None, data_dir: str | None,
+                           request: gr.Request = None) -> str:
+        """Check a dataset (the uploaded zip, safely extracted, or a registered dataset on disk) without training."""
+        work = work_dir(session_of(request))
+        try:
+            _, _, check = resolve_dataset(zip_file, dataset, data_dir, work)
+        finally:
+            remove_work(work)
+        head = "**Ready to train.**" if check.ok else "**Cannot train on this dataset yet.**"
+        return head + "\n\n" + "\n".join(f"- {line}" for line in check.summary().splitlines())
+
+    def methods_update(backbone: str | None):
+        family = backbone_family(backbone or default_backbone)
+        return gr.update(choices=method_names(family), value=recommended_method(family))
+
+    def queue_note(request: gr.Request = None) -> Any:
+        with train_lock:
+            busy = bool(active)
+            if busy:
+                queued[session_of(request)] = "queued"
+        if not busy:
+            return ""
+        return ("**Another training is running; you are queued.** One training runs at a time on this server: "
+                "yours starts when it finishes (your place in the queue is shown on the progress panel).")
+
+    def stop_training(request: gr.Request = None) -> str:
+        """Stop this session's training after the current step (the best validation checkpoint so far is
+        tested and saved), or cancel its training waiting in the queue."""
+        session = session_of(request)
+        with train_lock:
+            run = train_runs.get(session)
+            if run is None and queued.get(session) == "queued":
+                queued[session] = "cancel"
+                return "Your queued training is cancelled: it will not start."
+        if run is None:
+            return "No training is running in this session."
+        run.request_stop()
+        return ("**Stopping:** the current step finishes, then the best validation checkpoint so far is tested "
+                "and saved.")
+
+    def int_in(name: str, value: Any, lo: int, hi: int) -> int:
+        from trainer.data import DataError
+
+        try:
+            v = int(value)
+        except (TypeError, ValueError):
+            raise DataError(f"{name} must be a whole number") from None
+        if v != float(value) or not lo <= v <= hi:
+            raise DataError(f"{name} must be a whole number from {lo} to {hi}, not {value}")
+        return v
+
+    @user_errors("train")
+    def train(zip_file: str | None, dataset: str | None, data_dir: str | None, backbone: str | None,
+              method: str | None, quick_hpo: bool, trials: float, epochs: float, batch_size: float, lr: float,
+              img_size: float, run_name: str | None, request: gr.Request = None):
+        """Fine-tune a backbone with a PEFT method on the uploaded zip (or a registered dataset), streaming
+        progress; at the end the adapter is saved under <adapters dir>/trained and selectable for classification."""
+        from trainer.config import TrainConfig
+        from trainer.data import DataError
+
+        skip = gr.skip()
+        session = session_of(request)
+        with train_lock:
+            cancelled = queued.pop(session, None) == "cancel"
+        if cancelled:
+            yield (train_status_html("Cancelled", "stopped while waiting in the queue: nothing was trained"),
+                   *[skip] * 11, "")
+            return
+        dataset = (dataset or UPLOAD).strip()
+        work: Path | None = None
+        run: TrainRun | None = None
+        job: TrainingJob | None = None
+        finished = failed = False
+        run_dir: Path | None = None
+        try:
+            epochs = int_in("epochs", epochs, 1, 1000)
+            batch_size = int_in("batch size", batch_size, 1, 1024)
+            img_size = int_in("image size", img_size, 16, 1024)
+            trials = int_in("HPO trials", trials, 2, 20) if quick_hpo else 0
+            try:
+                lr = float(lr)
+            except (TypeError, ValueError):
+                raise DataError("the learning rate must be a number such as 0.005") from None
+            if not 0 < lr < 1:
+                raise DataError(f"the learning rate must be between 0 and 1, not {lr}")
+            backbone = (backbone or "").strip() or default_backbone
+            family = backbone_family(backbone)
+            method = (method or "").strip() or recommended_method(family)
+            if method not in method_names(family):
+                raise DataError(f"{method!r} is not a PEFT method for {family.upper()} backbones like {backbone}; "
+                                f"choose one of {', '.join(method_names(family))}")
+            if "/" not in backbone and ":" not in backbone:
+                import timm
+
+                if not timm.is_model(backbone):
+                    raise DataError(f"unknown backbone {backbone!r}: use a timm model name (timm.list_models())")
+            work = work_dir(session)
+            yield (train_status_html("Checking the dataset", "unpacking the upload safely and counting images per "
+                                     "class" if dataset == UPLOAD else f"reading {dataset} from {data_dir}"),
+                   None, "", None, None, *[skip] * 7, "")
+            ds_name, root, check = resolve_dataset(zip_file, dataset, data_dir, work)
+            if not check.ok:
+                raise DataError("cannot train on this dataset:\n" + check.summary())
+            if check.notes:
+                gr.Warning("\n".join(check.notes), title="Dataset notes")
+            stem = Path(zip_file).stem if ds_name == "imagefolder" and zip_file and dataset == UPLOAD else ds_name
+            name = safe_run_name(run_name) or safe_run_name(stem) or "run"
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            run_dir = state.adapters_dir / "trained" / f"{name}-{stamp}"
+            k = 2
+            while run_dir.exists():
+                run_dir = state.adapters_dir / "trained" / f"{name}-{stamp}-{k}"
+                k += 1
+            cfg = TrainConfig(method=method, dataset=ds_name, data_dir=str(root), backbone=backbone, pretrained=True,
+                              img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr, seeds=[0],
+                              num_workers=min(4, os.cpu_count() or 1) if has_gpu else 0,
+                              mixed_precision="bf16" if has_gpu else "no", output_dir=str(run_dir),
+                              cache_dir=str(work / ".image-cache" if dataset == UPLOAD
+                                            else train_root / ".image-cache")).validate()
+            job = QuickHPOJob(cfg, trials, work / "hpo") if trials else TrainingJob(cfg)
+            run = TrainRun(session, job)
+            with train_lock:
+                train_runs[session] = run
+                active.append(run)
+            job.start()
+            t0 = time.monotonic()
+            units = trials * min(epochs, HPO_TRIAL_EPOCHS) + epochs  # epochs of work, for the progress bar
+            series: dict[str, list[dict]] = {}
+            where = {"label": "training", "offset": 0, "epochs": epochs, "epoch": 0, "step": 0, "steps": 0,
+                     "loss": None, "best": None, "phase": "Training"}
+            if trials:
+                where.update(label="trial 1", phase=f"Quick HPO: trial 1 of {trials}")
+            metric = "f1_macro"
+
+            def status(prefix: str = "") -> str:
+                frac = (where["offset"] + where["epoch"] - 1 + where["step"] / max(1, where["steps"])) / units \
+                    if where["steps"] else where["offset"] / units
+                parts = []
+                if where["steps"]:
+                    parts.append(f"epoch {where['epoch']}/{where['epochs']}, step {where['step']}/{where['steps']}")
+                else:
+                    parts.append("preparing: decoding images and loading the backbone")
+                if where["loss"] is not None:
+                    parts.append(f"loss {where['loss']:.3f}")
+                if where["best"] is not None:
+                    parts.append(f"best val {where['best']}")
+                parts.append(f"{_elapsed(time.monotonic() - t0)} elapsed")
+                phase = where["phase"]
+                if run.stop_requested:
+                    phase += " · stopping after the current step (the best checkpoint so far is kept)"
+                return train_status_html(prefix + phase, " · ".join(parts), frac)
+
+            yield (status(), None, "", None, None, *[skip] * 7, "")
+            last = time.monotonic()
+            results = None
+            for ev in job.events():
+                kind = ev["kind"]
+                if kind == "step":
+                    run.on_step()
+                    where.update(epoch=ev["epoch"], step=ev["step"], steps=ev["steps"], loss=ev["loss"])
+                elif kind == "trial":
+                    run.new_run()
+                    n = ev["trial"]
+                    where.update(label=f"trial {n}", offset=(n - 1) * min(epochs, HPO_TRIAL_EPOCHS),
+                                 epochs=ev["epochs"], epoch=0, step=0, steps=0, loss=None,
+                                 phase=f"Quick HPO: trial {n} of {trials} (lr {ev['lr']:.2g})")
+                elif kind == "final":
+                    run.new_run()
+                    where.update(label="final run", offset=trials * min(epochs, HPO_TRIAL_EPOCHS), epochs=epochs,
+                                 epoch=0, step=0, steps=0, loss=None,
+                                 phase=f"Final training with the best HPO configuration (lr {ev['lr']:.2g})")
+                elif kind == "epoch":
+                    val = ev["val"]
+                    metric = val.get("headline", "f1_macro")
+                    score = float(val.get(metric, float("nan")))
+                    series.setdefault(where["label"], []).append(
+                        {"epoch": ev["epoch"], "val": score, "loss": ev["train_loss"]})
+                    best = max(series[where["label"]], key=lambda p: p["val"])
+                    where.update(best=f"{'F1' if metric == 'f1_macro' else metric} {_pct(best['val'])} "
+                                      f"(epoch {best['epoch']})", epoch=ev["epoch"], step=where["steps"])
+                    yield (status(), training_curve_figure(series, metric, where["epochs"]), *[skip] * 11)
+                    last = time.monotonic()
+                    continue
+                elif kind == "done":
+                    results = ev["results"]
+                    break
+                elif kind == "error":
+                    failed = True
+                    yield (train_status_html("Training failed", ev["message"], None, error=True), *[skip] * 12)
+                    raise DataError(f"training failed: {ev['message']}")
+                if time.monotonic() - last >= 0.5:
+                    yield (status(), *[skip] * 12)
+                    last = time.monotonic()
+            finished = True
+            if results is None:
+                raise DataError("training ended without results")
+            # ---- the result: metrics, confusion matrix, the adapter in the store and on the Classify tab
+            adapter_folder = (run_dir / results["adapter_dir"]).resolve()
+            adapters = state.scan()
+            key = next((a.key for a in adapters if Path(a.folder).resolve() == adapter_folder), None)
+            best_seed = next((r for r in results["per_seed"] if f"seed_{r['seed']}/" in results["adapter_dir"]),
+                             results["per_seed"][0])
+            test = best_seed["test"]
+            names = results.get("class_names") or []
+            cm = confusion_figure(test["confusion_matrix"], names) if "confusion_matrix" in test else None
+            stopped = bool(results.get("stopped_early_by_user"))
+            summary = {
+                "adapter_key": key, "run_dir": str(run_dir), "adapter_dir": str(adapter_folder),
+                "method": results["method"], "backbone": results["backbone"], "dataset": results["dataset"],
+                "class_names": names, "split_sizes": results.get("split_sizes"),
+                "test": {k: v for k, v in test.items() if isinstance(v, (int, float))},
+                "per_class_f1": test.get("per_class_f1"), "confusion_matrix": test.get("confusion_matrix"),
+                "best_epoch": best_seed.get("best_epoch"), "epochs_run": best_seed.get("epochs_run"),
+                "trainable_params": results.get("trainable_params"), "total_params": results.get("total_params"),
+                "wall_time_s": round(float(results.get("wall_time_s") or 0), 1), "stopped_early_by_user": stopped,
+                "quick_hpo": results.get("quick_hpo"),
+            }
+            md = train_result_markdown(results, best_seed, key, adapter_folder, state.adapters_dir)
+            done_phase = "Stopped: best checkpoint so far tested and saved" if stopped else "Training finished"
+            detail = (f"test {'macro-F1' if metric == 'f1_macro' else metric} {_pct(test.get(metric))} · "
+                      f"{_elapsed(time.monotonic() - t0)} · adapter selected on the Classify tab")
+            cls = rescan(ALL, ALL, key, scan=False)
+            push_choices = [(a.label(), a.key) for a in state.classifiers() if a.source == "local"]
+            curve = training_curve_figure(series, metric, where["epochs"]) if series else skip
+            yield (train_status_html(done_phase, detail, 1.0), curve, md, cm, summary,
+                   gr.update(choices=push_choices, value=key), cls[0], gr.update(value=ALL), *cls[1:], skip)
+        except Exception as e:  # shown on the status panel too; user_errors makes it a plain message
+            if not failed:
+                yield (train_status_html("Could not start training" if job is None else "Training failed",
+                                         str(e).replace(":\n", ": ").replace("\n", " · "), error=True), *[skip] * 12)
+            raise
+        finally:
+            with train_lock:
+                if run is not None:
+                    if train_runs.get(session) is run:
+                        del train_runs[session]
+                    if run in active:
+                        active.remove(run)
+            if job is not None and not finished and not failed:  # the client went away: stop, then clean up
+                job.stop()
+
+                def drain(job=job, work=work, run_dir=run_dir):
+                    for ev in job.events():
+                        if ev["kind"] == "error":
+                            shutil.rmtree(run_dir, ignore_errors=True)  # an incomplete run: no adapter in it
+                    remove_work(work)
+
+                threading.Thread(target=drain, name="medpeft-train-cleanup", daemon=True).start()
+            else:
+                if failed and run_dir is not None:
+                    shutil.rmtree(run_dir, ignore_errors=True)  # an incomplete run: no adapter in it
+                if work is not None:
+                    remove_work(work)
+
+    def push(adapter_key: str | None, repo_id: str | None, token: str | None, private: bool = True) -> str:
+        """Push a local adapter to the Hugging Face Hub. The token is used for this call only: never logged
+        or stored."""
+        from trainer.hub import push_adapter
+
+        def fail(msg: str):
+            if token:
+                msg = msg.replace(token, "***")
+            return gr.Error(msg, title="Could not push the adapter", print_exception=False)
+
+        repo_id = (repo_id or "").strip()
+        if not repo_id:
+            raise fail("enter a Hub repo id such as your-name/medpeft-ssf-mydata")
+        if not (token or "").strip():
+            raise fail("paste a Hugging Face token with write access (https://huggingface.co/settings/tokens); "
+                       "it is used for this push only and not stored")
+        try:
+            adapter = state.get(adapter_key)
+            if adapter.source != "local":
+                raise InferenceError(f"{adapter.name} is already on the Hub; choose a local adapter")
+            results = None
+            run_folder = Path(adapter.folder).parent.parent
+            if (run_folder / "results.json").is_file():
+                results = json.loads((run_folder / "results.json").read_text())
+                if (run_folder / str(results.get("adapter_dir", ""))).resolve() != Path(adapter.folder).resolve():
+                    results = None
+            url = push_adapter(adapter.folder, repo_id, private=bool(private), results=results,
+                               token=token.strip(), endpoint=state.hub_endpoint)
+        except gr.Error:
+            raise
+        except Exception as e:  # HubError, InferenceError or a bug: a plain message without the token
+            raise fail(str(e) or type(e).__name__) from None
+        return f"Pushed **{adapter.name}** to [{url}]({url}) ({'private' if private else 'public'} repo)."
+
     # -------------------------------------------------------------- layout
     with gr.Blocks(title="MedPEFT", analytics_enabled=False) as demo:
         with gr.Column(elem_classes="medpeft-header"):
@@ -410,6 +1083,72 @@ def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[
                     compare_btn = gr.Button("Compare", variant="secondary")
                     compare_out = gr.Dataframe(label="Comparison", interactive=False, wrap=True,
                                                column_widths=["22%", "10%", "18%", "11%", "13%", "9%", "8%", "9%"])
+
+            # ---------------------------------------------------------- Train
+            with gr.Tab("Train", id="train"):
+                gr.Markdown("Fine-tune a pretrained backbone on your own images with a PEFT method: upload a zip with "
+                            "one folder per class (PNG, JPEG or DICOM), or use a registered dataset on the server. "
+                            "The adapter is saved to the local store and selected on the Classify tab. The paper's "
+                            "picks: **SSF** for CNNs, **LoRA** for ViTs. One training runs at a time per server.",
+                            elem_classes="medpeft-note")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=5, min_width=360):
+                        zip_in = gr.File(label="Dataset zip: one folder per class (PNG, JPEG or DICOM)",
+                                         file_types=[".zip"], type="filepath", height=120, elem_id="train-zip")
+                        with gr.Row():
+                            source_dd = gr.Dropdown(registered_datasets(), value=UPLOAD, label="Dataset", scale=1)
+                            data_dir_in = gr.Textbox(label="Data dir (registered datasets)", scale=1,
+                                                     placeholder="/data/HAM10000 on the server")
+                        check_btn = gr.Button("Check dataset", variant="secondary", size="sm")
+                        check_md = gr.Markdown(elem_classes="medpeft-note", elem_id="train-check")
+                        backbone_dd = gr.Dropdown(train_backbones(), value=default_backbone, allow_custom_value=True,
+                                                  label="Backbone (or any timm model name)")
+                        with gr.Row():
+                            method_dd = gr.Dropdown(method_names(backbone_family(default_backbone)),
+                                                    value=default_method, label="PEFT method", min_width=120,
+                                                    allow_custom_value=True)  # checked against the backbone
+                            lr_in = gr.Number(1e-3 if has_gpu else 5e-3, minimum=0, label="Learning rate",
+                                              min_width=90)
+                        with gr.Row():
+                            epochs_in = gr.Number(10, precision=0, minimum=1, maximum=1000, label="Epochs",
+                                                  min_width=90)
+                            batch_in = gr.Number(32, precision=0, minimum=1, maximum=1024, label="Batch size",
+                                                 min_width=90)
+                            img_in = gr.Number(224 if has_gpu else 128, precision=0, minimum=16, maximum=1024,
+                                               label="Image size (px)", min_width=90)
+                        with gr.Row(equal_height=True):
+                            hpo_cb = gr.Checkbox(False, label="Quick HPO", scale=2,
+                                                 info=f"a few short optuna trials ({HPO_TRIAL_EPOCHS} epochs each; lr, "
+                                                      "weight decay, the method's own settings), then the final run "
+                                                      "with the best")
+                            trials_in = gr.Number(3, precision=0, minimum=2, maximum=20, label="HPO trials", scale=1,
+                                                  min_width=90)
+                        run_name_in = gr.Textbox(label="Run name (optional)", placeholder="default: the zip's name")
+                        with gr.Row():
+                            train_btn = gr.Button("Train", variant="primary", elem_id="train-button")
+                            stop_btn = gr.Button("Stop, keep best", variant="stop", elem_id="stop-button")
+                        train_note = gr.Markdown(elem_classes="medpeft-note", elem_id="train-note")
+                    with gr.Column(scale=7, min_width=420):
+                        train_status = gr.HTML(train_status_html("Ready", "choose a dataset and press Train"),
+                                               elem_id="train-status")
+                        curve_plot = gr.Plot(label="Validation F1 and training loss per epoch", elem_id="train-curve")
+                        train_metrics = gr.Markdown(elem_id="train-metrics")
+                        cm_plot = gr.Plot(label="Confusion matrix (test split)", elem_id="train-confusion")
+                        with gr.Accordion("Push the adapter to the Hugging Face Hub", open=False):
+                            push_key = gr.Dropdown([(a.label(), a.key) for a in state.classifiers()
+                                                    if a.source == "local"], value=None, allow_custom_value=True,
+                                                   label="Adapter")
+                            with gr.Row():
+                                repo_in = gr.Textbox(label="Repo id", placeholder="your-name/medpeft-ssf-mydata",
+                                                     scale=2)
+                                token_in = gr.Textbox(label="Hugging Face token (write access; used once, not stored)",
+                                                      type="password", scale=2)
+                            with gr.Row():
+                                private_cb = gr.Checkbox(True, label="Private repo")
+                                push_btn = gr.Button("Push to the Hub", variant="secondary")
+                            push_md = gr.Markdown(elem_classes="medpeft-note")
+                        with gr.Accordion("Run details (JSON)", open=False):
+                            run_json = gr.JSON(label="Run summary")
 
             # ---------------------------------------------------------- Generate
             with gr.Tab("Generate", id="generate"):
@@ -483,6 +1222,20 @@ def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[
                   [dataset_dd, adapter_dd, compare_box, gen_adapter, status_md], api_name="current_adapters",
                   queue=False)
         gr.api(list_adapters, api_name="adapters")
+        backbone_dd.change(methods_update, [backbone_dd], [method_dd], api_name="methods_for_backbone", queue=False)
+        check_btn.click(check_dataset_view, [zip_in, source_dd, data_dir_in], [check_md], api_name="check_dataset",
+                        concurrency_id="check_dataset", concurrency_limit=2)
+        train_btn.click(queue_note, None, [train_note], queue=False, api_visibility="private")
+        train_btn.click(train, [zip_in, source_dd, data_dir_in, backbone_dd, method_dd, hpo_cb, trials_in, epochs_in,
+                                batch_in, lr_in, img_in, run_name_in],
+                        [train_status, curve_plot, train_metrics, cm_plot, run_json, push_key, dataset_dd, task_dd,
+                         adapter_dd, compare_box, gen_adapter, status_md, train_note],
+                        api_name="train", concurrency_limit=1, concurrency_id="train", show_progress="full",
+                        show_progress_on=[curve_plot])
+        stop_btn.click(stop_training, None, [train_note], api_name="stop_training", queue=False)
+        push_btn.click(push, [push_key, repo_in, token_in, private_cb], [push_md], api_name="push_adapter",
+                       concurrency_id="push_adapter").then(lambda: "", None, [token_in], queue=False,
+                                                           api_visibility="private")
         gen_btn.click(generate, [prompt_in, base_in, gen_adapter, steps_in, guidance_in, seed_in], [gen_out],
                       api_name="generate")
         gr.on([refresh_btn.click, f_task.input, f_backbone.input, f_dataset.input, f_method.input, f_source.input],
@@ -517,6 +1270,10 @@ well under 1% of the model) next to the base backbone's name.
 
 ## Train an adapter
 
+On the **Train** tab: upload a zip with one folder per class (or pick a registered dataset on the
+server), press *Train*, watch the validation curve, and use the adapter on the Classify tab when it
+finishes. Or from the command line:
+
 ```bash
 python -m trainer --method lora --dataset ham10000 --data-dir /data/HAM10000 --seeds 0 1 2
 python -m trainer --method ssf --dataset breastus --data-dir /data/BUSI --backbone resnet50.a1_in1k
@@ -529,7 +1286,8 @@ with `--push-to-hub ORG/NAME` and list them in `MEDPEFT_HUB_ADAPTERS` to load th
 ## API
 
 Every action is callable with `gradio_client`: `/classify`, `/compare`, `/generate`,
-`/leaderboard`, `/adapters`, `/rescan_adapters`, `/filter_adapters`.
+`/leaderboard`, `/adapters`, `/rescan_adapters`, `/filter_adapters`, and for training `/check_dataset`,
+`/train` (streams progress: use `client.submit`), `/stop_training`, `/push_adapter`.
 
 ```python
 from gradio_client import Client, handle_file

@@ -3,7 +3,6 @@ rules, near-identity init) and the ``python -m adapters list`` command. CPU, a f
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import subprocess
 import sys
@@ -240,7 +239,11 @@ def test_list_needs_num_classes_with_a_backbone(capsys):
     assert "--num-classes" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("adapters.unet") is not None, reason="adapters.unet exists")
-def test_list_unet_not_available_yet(capsys):
-    assert main(["list", "--unet", "tiny"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+def test_list_unet(capsys):
+    assert main(["list", "--unet", "tiny", "--json"]) == 0
+    rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}
+    assert {"bias", "norm", "bias_norm", "bias_norm_attention", "lora", "svdiff"} <= set(rows)
+    assert rows["bias_norm"]["trainable"] > rows["bias"]["trainable"]
+    assert rows["bias"]["reported"] == "343K"  # the paper's Table 4 count, read from the reference CSV
+    assert main(["list", "--unet", "/no/such/unet"]) == 2
+    assert "no such folder" in capsys.readouterr().err

@@ -131,3 +131,14 @@ def test_stop_keeps_the_best_checkpoint_so_far(tmp_path):
     assert results["per_seed"][0]["epochs_run"] <= 3  # stopped, not 50 epochs
     assert results["stopped_early_by_user"] is True
     assert (tmp_path / "run" / results["adapter_dir"] / "adapter_model.safetensors").is_file()
+
+
+def test_stop_before_the_first_step_still_saves_a_tested_adapter(tmp_path):
+    data = write_digits(tmp_path / "digits", per_class=6, size=32)
+    job = TrainingJob(_cfg(data, tmp_path / "run", epochs=50))
+    job.stop()  # pressed before training even started
+    job.start()
+    kinds = [e["kind"] for e in job.events() if e["kind"] in ("epoch", "done", "error")]
+    assert kinds == ["epoch", "done"], kinds
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["per_seed"][0]["epochs_run"] == 1 and results["stopped_early_by_user"]

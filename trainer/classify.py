@@ -279,12 +279,18 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
     if cfg.resume and (ckpt / "state.json").exists():
         state = _load_checkpoint(ckpt, plain, opt, sched)
         accelerator.print(f"[seed {seed}] resumed after epoch {state['epoch']} (best {state['best']:.4f})")
+    elif accelerator.is_main_process:
+        best_path.unlink(missing_ok=True)  # a fresh start (e.g. --overwrite) must not test an old checkpoint
+    accelerator.wait_for_everyone()
     main = accelerator.is_main_process
     t0 = time.time()
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    # A user's stop ends the run after the current step, but only once there is a validated
+    # checkpoint to test and save (at least one step of one epoch).
     stopped = (lambda: stop is not None and stop.is_set())
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not stopped():
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not (
+            stopped() and best_path.exists()):
         epoch = state["epoch"] + 1
         model.train()
         total_loss, n_batches = 0.0, 0
