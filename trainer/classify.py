@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from adapters import apply_method, count_params, create_backbone, data_config
 from adapters.io import AdapterConfig, adapter_state_dict, library_versions, save_adapter
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .metrics import aggregate, classification_metrics, headline
 
@@ -201,38 +202,6 @@ def evaluate(model, loader, accelerator, class_names, multilabel) -> dict:
     return classification_metrics(torch.cat(all_logits), torch.cat(all_targets), class_names, multilabel)
 
 
-def _save_checkpoint(path: Path, model, opt, sched, state: dict) -> None:
-    """Atomic: write a new folder, then swap it in. Adapter tensors as safetensors, the rest as a
-    tensor/primitive-only dict (read back with weights_only=True)."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(tmp / "adapter.safetensors"))
-    torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state()}, tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-
-
-def _load_checkpoint(path: Path, model, opt, sched) -> dict:
-    from adapters.io import load_adapter_weights
-
-    load_adapter_weights(model, path / "adapter.safetensors")
-    st = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
-    opt.load_state_dict(st["optimizer"])
-    sched.load_state_dict(st["scheduler"])
-    torch.set_rng_state(st["torch_rng"])
-    return json.loads((path / "state.json").read_text())
-
-
 def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path, accelerator,
                report: ReportFn | None = None, progress: ProgressFn | None = None,
                stop: threading.Event | None = None) -> dict:
@@ -277,7 +246,10 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
     ckpt = out / "checkpoint"
     best_path = out / "best.safetensors"
     if cfg.resume and (ckpt / "state.json").exists():
-        state = _load_checkpoint(ckpt, plain, opt, sched)
+        trainer_state, state = load_checkpoint(ckpt, plain)
+        opt.load_state_dict(trainer_state["optimizer"])
+        sched.load_state_dict(trainer_state["scheduler"])
+        torch.set_rng_state(trainer_state["torch_rng"])
         accelerator.print(f"[seed {seed}] resumed after epoch {state['epoch']} (best {state['best']:.4f})")
     elif accelerator.is_main_process:
         best_path.unlink(missing_ok=True)  # a fresh start (e.g. --overwrite) must not test an old checkpoint
@@ -335,7 +307,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
                           f"val {val['headline']} {score:.4f}  acc {val.get('accuracy', float('nan')):.4f}"
                           f"{'  *' if improved else ''}")
         if main:
-            _save_checkpoint(ckpt, plain, opt, sched, state)
+            save_checkpoint(ckpt, plain, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                          "torch_rng": torch.get_rng_state()}, state)
         if progress is not None:
             progress({"kind": "epoch", "seed": seed, "epoch": epoch, "epochs": cfg.epochs, "improved": improved,
                       "train_loss": state["history"][-1]["train_loss"], "val": val})

@@ -46,8 +46,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters import apply_method, count_params, get_method, merge_method, methods_for
-from adapters.io import AdapterConfig, adapter_state_dict, library_versions, load_adapter_weights, save_adapter
+from adapters.io import AdapterConfig, library_versions, save_adapter
 
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig
 
 BASE_HINT = ("pass --base-model (base_model=) a Hugging Face Hub id of a Stable Diffusion pipeline (e.g. an SD 1.5 "
@@ -320,38 +321,18 @@ def _atomic_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, ema: EMA | None, state: dict) -> None:
-    """Atomic: a new folder swapped in. Adapter tensors as safetensors; optimizer, RNG and EMA state as a
-    tensor/primitive-only dict (read back with ``torch.load(weights_only=True)``)."""
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        for f in tmp.iterdir():
-            f.unlink()
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(unet), str(tmp / "adapter.safetensors"))
+def _save_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, ema: EMA | None, state: dict) -> None:
     trainer_state = {"optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                      "torch_rng": torch.get_rng_state()}
     if torch.cuda.is_available():
         trainer_state["cuda_rng"] = torch.cuda.get_rng_state_all()
     if ema is not None:
         trainer_state["ema"] = ema.state_dict()
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    old = path.with_name(path.name + ".old")
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    if old.exists():
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+    save_checkpoint(path, unet, trainer_state, state)
 
 
-def load_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, ema: EMA | None) -> dict:
-    load_adapter_weights(unet, path / "adapter.safetensors")
-    st = torch.load(path / "trainer_state.pt", map_location="cpu", weights_only=True)
+def _load_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, ema: EMA | None) -> dict:
+    st, state = load_checkpoint(path, unet)
     optimizer.load_state_dict(st["optimizer"])
     generator.set_state(st["generator"])
     torch.set_rng_state(st["torch_rng"])
@@ -359,7 +340,7 @@ def load_checkpoint(path: Path, unet, optimizer, generator: torch.Generator, ema
         torch.cuda.set_rng_state_all(st["cuda_rng"])
     if ema is not None and "ema" in st:
         ema.load_state_dict(st["ema"])
-    return json.loads((path / "state.json").read_text())
+    return state
 
 
 def _cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
@@ -482,7 +463,7 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, out: Path, ac
     state: dict[str, Any] = {"step": 0, "losses": []}
     ckpt = out / "checkpoint"
     if cfg.resume and (ckpt / "state.json").exists():
-        state = load_checkpoint(ckpt, plain, optimizer, generator, ema)
+        state = _load_checkpoint(ckpt, plain, optimizer, generator, ema)
         accelerator.print(f"[seed {seed}] resumed at step {state['step']}")
     prompts = _validation_prompts(cfg, data)
     log_every = max(1, min(50, cfg.max_train_steps // 10))
@@ -532,7 +513,7 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, out: Path, ac
                         _validate(cfg, parts, plain, prompts, step, out, accelerator, seed)
                     if ema is not None:
                         ema.swap()
-                    save_checkpoint(ckpt, plain, optimizer, generator, ema, state)
+                    _save_checkpoint(ckpt, plain, optimizer, generator, ema, state)
                 accelerator.wait_for_everyone()
             if step >= cfg.max_train_steps:
                 break
