@@ -158,8 +158,6 @@ def run_cell(cfg: TrainConfig, hpo_trials: int) -> dict:
 
     out = Path(cfg.output_dir)
     if hpo_trials > 0 and cfg.task == "classification":
-        import optuna
-
         from .hpo import best_config, make_study, objective_for
 
         study_dir = out / "hpo"
@@ -171,7 +169,6 @@ def run_cell(cfg: TrainConfig, hpo_trials: int) -> dict:
         if remaining > 0:
             study.optimize(objective_for(base, study_dir), n_trials=remaining)
         cfg = best_config(cfg, study)
-        del optuna
     cfg.resume = (out / "config.yaml").exists()  # a killed cell continues from its checkpoints
     return run(cfg)
 

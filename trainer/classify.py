@@ -115,9 +115,9 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
     t0 = time.time()
     index = load_data(cfg)
     backbone = cfg.resolved_backbone()
-    probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
+    with torch.device("meta"):  # only the preprocessing config is needed: no weights allocated
+        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
     dcfg = model_data_config(probe, cfg)
-    del probe
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
     with accelerator.main_process_first():
         cache = build_image_cache(index, cache_dir, cache_size_for(dcfg), workers=max(1, cfg.num_workers),

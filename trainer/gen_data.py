@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
-import importlib.util
 import io
 import os
 import random
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .assets import package_file
 from .data.errors import DataError, describe_dir, layout_error, short_list
 
 MIMIC_LAYOUT = """\
@@ -105,13 +105,7 @@ def prompt_of(report: dict[str, str | None]) -> str | None:
 
 # ------------------------------------------------------------------------------------ IU X-ray reports
 def iu_reports_path() -> Path:
-    spec = importlib.util.find_spec("torchxrayvision")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("the IU X-ray reports ship with torchxrayvision: pip install torchxrayvision")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "NLMCXR_reports.tgz"
-    if not path.is_file():
-        raise DataError(f"{path} not found: reinstall torchxrayvision")
-    return path
+    return package_file("torchxrayvision", "data/NLMCXR_reports.tgz", "pip install torchxrayvision", error=DataError)
 
 
 @functools.lru_cache(maxsize=1)

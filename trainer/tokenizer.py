@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import json
 import os
 import tempfile
 from pathlib import Path
+
+from .assets import package_file
 
 VOCAB_SIZE = 49408
 CONTEXT_LENGTH = 77
@@ -30,15 +31,8 @@ N_MERGES = 49152 - 256 - 2  # 48,894, as in CLIP's SimpleTokenizer
 
 
 def bpe_path() -> Path:
-    """open_clip's ``bpe_simple_vocab_16e6.txt.gz`` (found without importing open_clip)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the offline CLIP tokenizer needs open_clip_torch (pip install open_clip_torch), "
-                           "which ships CLIP's BPE merges file")
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.is_file():
-        raise RuntimeError(f"{path} not found: reinstall open_clip_torch")
-    return path
+    """open_clip's ``bpe_simple_vocab_16e6.txt.gz`` (CLIP's BPE merges)."""
+    return package_file("open_clip", "bpe_simple_vocab_16e6.txt.gz", "pip install open_clip_torch")
 
 
 def bytes_to_unicode() -> dict[int, str]:
