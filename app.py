@@ -38,10 +38,10 @@ import gradio as gr  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from adapters.io import PAPER_CITATION  # noqa: E402
-from trainer import results as R  # noqa: E402
+from trainer.study import results as R  # noqa: E402
 from trainer.infer import (AdapterList, Generator, InferenceError, Predictor, create_demo_adapter,  # noqa: E402
                            example_reports, find_adapters)
-from trainer.webtrain import TrainingJob  # noqa: E402
+from trainer.jobs.webtrain import TrainingJob  # noqa: E402
 
 log = logging.getLogger("medpeft.app")
 
@@ -88,7 +88,7 @@ def user_errors(action: str) -> Callable:
             from trainer.config import ConfigError
             from trainer.data import DataError
             from trainer.hub import HubError
-            from trainer.webtrain import UploadError
+            from trainer.jobs.webtrain import UploadError
 
             if isinstance(e, (DataError, InferenceError, MethodError, BackboneError, UploadError, ConfigError,
                               HubError)):
@@ -386,7 +386,7 @@ def confusion_figure(matrix: list[list[int]], class_names: list[str]):
 def train_result_markdown(results: dict, seed_result: dict, key: str | None, adapter_folder: Path,
                           adapters_dir: Path) -> str:
     """Test metrics of a finished Train-tab run, where its adapter went, and what was trained."""
-    from trainer.results import format_params
+    from trainer.study.results import format_params
 
     test = seed_result["test"]
     lines = ["### Test results", "Held-out test split, best-validation checkpoint "
@@ -426,7 +426,7 @@ def train_result_markdown(results: dict, seed_result: dict, key: str | None, ada
 
 
 class QuickHPOJob(TrainingJob):
-    """Quick HPO: a few short optuna trials (``trainer.hpo``'s objective, TPE sampler, ASHA pruning,
+    """Quick HPO: a few short optuna trials (``trainer.study.hpo``'s objective, TPE sampler, ASHA pruning,
     ``HPO_TRIAL_EPOCHS`` epochs each, in a scratch folder), then the final training with the best
     configuration. Events are the plain job's plus ``trial``/``trial_done``/``final``. ``stop()``
     during the trials ends the current trial (its best checkpoint is tested) and keeps the best
@@ -441,8 +441,8 @@ class QuickHPOJob(TrainingJob):
     def _run(self) -> None:
         import optuna
 
-        from trainer import hpo
-        from trainer.classify import run
+        from trainer.study import hpo
+        from trainer.loops.classify import run
         from trainer.data import DataError
 
         put = self._events.put
@@ -690,7 +690,7 @@ def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[
                 _filter_update(df, "source", source))
 
     # -------------------------------------------------------------- Train tab handlers
-    from trainer.webtrain import default_choice
+    from trainer.jobs.webtrain import default_choice
 
     default_backbone, default_method = default_choice()
     has_gpu = default_method == "lora"
@@ -720,7 +720,7 @@ def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[
     def resolve_dataset(zip_file: str | None, dataset: str | None, data_dir: str | None, work: Path):
         """(dataset name, data dir, DatasetCheck) for the upload or a registered dataset on disk."""
         from trainer.data import DATASETS, DataError, load_dataset
-        from trainer.webtrain import MIN_PER_CLASS, DatasetCheck, check_dataset, dataset_root, safe_extract_zip
+        from trainer.jobs.webtrain import MIN_PER_CLASS, DatasetCheck, check_dataset, dataset_root, safe_extract_zip
 
         dataset = (dataset or UPLOAD).strip()
         if dataset == UPLOAD:
@@ -1155,7 +1155,7 @@ def build_app(adapters_dir: str | os.PathLike | None = None, *, hub_repos: list[
                 gr.Markdown("Generate a chest X-ray from report text with Stable Diffusion, optionally with a "
                             "PEFT adapter of its U-Net (Dutt et al., Table 4). Needs a diffusers pipeline: a Hub "
                             "id (online) or a local folder; set `MEDPEFT_SD_BASE` to pre-fill it.")
-                if importlib.util.find_spec("trainer.generate") is None:
+                if importlib.util.find_spec("trainer.loops.generate") is None:
                     gr.Markdown("⚠️ Text-to-image generation is not available in this installation "
                                 "(`trainer/generate.py` is missing).", elem_classes="medpeft-note")
                 with gr.Row(equal_height=False):

@@ -4,9 +4,9 @@
 def run(cfg, report=None) -> dict:
     """Run one configured job (classification or generation); returns its results dict."""
     if cfg.task == "generation":
-        from .generate import run as run_generation
+        from .loops.generate import run as run_generation
 
         return run_generation(cfg)
-    from .classify import run as run_classification
+    from .loops.classify import run as run_classification
 
     return run_classification(cfg, report=report)

@@ -1,0 +1,380 @@
+"""The one classification training loop (every method, every backbone), through accelerate.
+
+Protocol (Dutt et al. 2024): train on the train split, select the epoch with the best validation
+macro-F1 (AUROC for multi-label) with early stopping, test that checkpoint once. The test split is
+never used for selection. Several seeds give mean +- std.
+
+Output folder::
+
+    <output_dir>/config.yaml                     the resolved configuration
+    <output_dir>/seed_<k>/splits.json            the exact split (reproducible, auditable)
+    <output_dir>/seed_<k>/checkpoint/            last epoch, for --resume (atomic)
+    <output_dir>/seed_<k>/adapter/               best-validation adapter folder (adapters.io format)
+    <output_dir>/seed_<k>/history.json           per-epoch loss and validation metrics
+    <output_dir>/results.json                    written last: metrics over seeds, params, versions
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from adapters import apply_method, count_params, create_backbone, data_config
+from adapters.io import AdapterConfig, adapter_state_dict, library_versions, save_adapter
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from ..config import ConfigError, TrainConfig
+from .metrics import aggregate, classification_metrics, headline
+
+ReportFn = Callable[[int, float], None]  # (epoch, validation headline) -> may raise optuna.TrialPruned
+ProgressFn = Callable[[dict], None]  # live events for a UI: {"kind": "epoch" | "step", ...}
+
+
+class RunExistsError(ConfigError):
+    pass
+
+
+def _atomic_json(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def prepare_output(cfg: TrainConfig) -> Path:
+    out = Path(cfg.output_dir)
+    if (out / "results.json").exists() and not (cfg.overwrite or cfg.resume):
+        raise RunExistsError(f"{out} already holds a finished run (results.json). Use --overwrite to replace it "
+                             f"or choose another --output-dir")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def load_data(cfg: TrainConfig):
+    from ..data import load_dataset
+
+    if cfg.data_dir is None:
+        raise ConfigError(f"--data-dir is required for dataset {cfg.dataset!r}")
+    return load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
+
+
+def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
+    dcfg = data_config(model)
+    if cfg.img_size:
+        dcfg["input_size"] = [3, cfg.img_size, cfg.img_size]
+    return dcfg
+
+
+def cache_size_for(dcfg: dict) -> int:
+    size = dcfg["input_size"][-1]
+    return int(math.ceil(size / min(1.0, dcfg.get("crop_pct", 1.0) or 1.0)))
+
+
+def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn | None = None,
+        stop: threading.Event | None = None) -> dict:
+    """Train every seed, write results.json, save (and push) the adapter. Returns the results dict.
+
+    ``report(epoch, val)`` feeds HPO pruning; ``progress(event)`` receives live step/epoch events;
+    setting ``stop`` ends training after the current step: the best validation checkpoint so far is
+    tested and saved as usual (and the results say ``stopped_early_by_user``)."""
+    from ..data import build_image_cache
+
+    cfg.validate()
+    out = prepare_output(cfg)
+    accelerator = _accelerator(cfg)
+    if accelerator.is_main_process:
+        cfg.save(out / "config.yaml")
+    t0 = time.time()
+    index = load_data(cfg)
+    backbone = cfg.resolved_backbone()
+    with torch.device("meta"):  # only the preprocessing config is needed: no weights allocated
+        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
+    dcfg = model_data_config(probe, cfg)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
+    with accelerator.main_process_first():
+        cache = build_image_cache(index, cache_dir, cache_size_for(dcfg), workers=max(1, cfg.num_workers),
+                                  progress=accelerator.is_main_process)
+    index = cache.index
+    per_seed = []
+    for seed in cfg.seeds:
+        if stop is not None and stop.is_set() and per_seed:
+            break
+        per_seed.append(train_seed(cfg, index, cache, dcfg, seed, out / f"seed_{seed}", accelerator, report,
+                                   progress, stop))
+    results = summarise(cfg, index, per_seed, out, time.time() - t0)
+    results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
+    if accelerator.is_main_process:
+        _atomic_json(out / "results.json", results)
+        print(format_summary(results))
+        if cfg.push_to_hub:
+            from ..hub import push_adapter
+
+            url = push_adapter(out / results["adapter_dir"], cfg.push_to_hub, private=cfg.hub_private,
+                               results=results)
+            print(f"pushed to {url}")
+    accelerator.wait_for_everyone()
+    return results
+
+
+def _loaders(cfg, index, cache, dcfg, splits, seed):
+    from ..data import CachedImageDataset, build_transforms
+
+    # Milder than timm's ImageNet defaults (scale 0.08, jitter 0.4): lesions must stay in the crop.
+    train_tf = build_transforms(dcfg, train=True, scale=(0.5, 1.0), color_jitter=0.1)
+    eval_tf = build_transforms(dcfg, train=False)
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+              pin_memory=torch.cuda.is_available())
+    mk = torch.utils.data.DataLoader
+    train = mk(CachedImageDataset(cache, index.labels, splits["train"], train_tf), shuffle=True, generator=g,
+               drop_last=len(splits["train"]) > cfg.batch_size, **kw)
+    val = mk(CachedImageDataset(cache, index.labels, splits["val"], eval_tf), shuffle=False, **kw)
+    test = mk(CachedImageDataset(cache, index.labels, splits["test"], eval_tf), shuffle=False, **kw)
+    return train, val, test
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+
+
+def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
+    total = max(1, cfg.epochs * steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _loss_fn(index, cfg):
+    if index.multilabel:
+        return nn.BCEWithLogitsLoss()
+    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, class_names, multilabel) -> dict:
+    model.eval()
+    all_logits, all_targets = [], []
+    for x, y in loader:
+        with accelerator.autocast():
+            logits = model(x)
+        logits, y = accelerator.gather_for_metrics((logits.float(), y))
+        all_logits.append(logits.cpu())
+        all_targets.append(y.cpu())
+    return classification_metrics(torch.cat(all_logits), torch.cat(all_targets), class_names, multilabel)
+
+
+def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path, accelerator,
+               report: ReportFn | None = None, progress: ProgressFn | None = None,
+               stop: threading.Event | None = None) -> dict:
+    from accelerate.utils import set_seed
+
+    from ..data import load_splits, make_splits, save_splits
+
+    out.mkdir(parents=True, exist_ok=True)
+    split_path = out / "splits.json"
+    if cfg.resume and split_path.exists():
+        splits = load_splits(split_path, index)
+    else:
+        splits = make_splits(index, seed=seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac, fraction=cfg.fraction)
+        if accelerator.is_main_process:
+            save_splits(splits, index, split_path)
+    set_seed(seed)
+    backbone = cfg.resolved_backbone()
+    model = create_backbone(backbone, len(index.class_names), pretrained=cfg.pretrained, img_size=cfg.img_size)
+    model = apply_method(model, cfg.method, **cfg.hparams)
+    trainable, total = count_params(model)
+    train_dl, val_dl, test_dl = _loaders(cfg, index, cache, dcfg, splits, seed)
+    # ---- BEGIN linear probe on cached features (trainer/features.py) ------------------------------------
+    # The frozen backbone runs once per split (features cached on disk, reused by later epochs, seeds and
+    # HPO trials); the loop below then trains and evaluates a HeadOnly view - the model's own head module -
+    # on features. ``full_model`` stays the model whose adapter (head tensors) is checkpointed and saved.
+    full_model = None
+    if cfg.method == "linear_probe" and cfg.cache_features:
+        from .features import cached_feature_setup
+
+        swap = cached_feature_setup(cfg, model, index, cache, dcfg, splits, seed, accelerator)
+        if swap is not None:  # None: this backbone's head cannot be split off, so train on images
+            full_model = model
+            model, train_dl, val_dl, test_dl = swap
+    # ---- END linear probe on cached features -------------------------------------------------------------
+    steps = len(train_dl) if cfg.max_steps_per_epoch is None else min(len(train_dl), cfg.max_steps_per_epoch)
+    opt = _optimizer(model, cfg)
+    sched = _scheduler(opt, cfg, steps)
+    model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
+    loss_fn = _loss_fn(index, cfg)
+    plain = accelerator.unwrap_model(model) if full_model is None else full_model  # see the cached-feature branch
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
+    ckpt = out / "checkpoint"
+    best_path = out / "best.safetensors"
+    if cfg.resume and (ckpt / "state.json").exists():
+        trainer_state, state = load_checkpoint(ckpt, plain)
+        opt.load_state_dict(trainer_state["optimizer"])
+        sched.load_state_dict(trainer_state["scheduler"])
+        torch.set_rng_state(trainer_state["torch_rng"])
+        accelerator.print(f"[seed {seed}] resumed after epoch {state['epoch']} (best {state['best']:.4f})")
+    elif accelerator.is_main_process:
+        best_path.unlink(missing_ok=True)  # a fresh start (e.g. --overwrite) must not test an old checkpoint
+    accelerator.wait_for_everyone()
+    main = accelerator.is_main_process
+    t0 = time.time()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    # A user's stop ends the run after the current step, but only once there is a validated
+    # checkpoint to test and save (at least one step of one epoch).
+    stopped = (lambda: stop is not None and stop.is_set())
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not (
+            stopped() and best_path.exists()):
+        epoch = state["epoch"] + 1
+        model.train()
+        total_loss, n_batches = 0.0, 0
+        bar = tqdm(train_dl, total=steps, desc=f"seed {seed} epoch {epoch}/{cfg.epochs}", disable=not main,
+                   leave=False, dynamic_ncols=True)
+        for step, (x, y) in enumerate(bar):
+            if step >= steps or (stopped() and n_batches):
+                break
+            opt.zero_grad(set_to_none=True)  # before the forward: last step's grads are not kept alive
+            with accelerator.autocast():
+                logits = model(x)
+            loss = loss_fn(logits.float(), y.float() if index.multilabel else y)
+            accelerator.backward(loss)
+            if cfg.grad_clip:
+                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
+            opt.step()
+            sched.step()
+            total_loss += loss.item()
+            n_batches += 1
+            bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
+            if progress is not None:
+                progress({"kind": "step", "seed": seed, "epoch": epoch, "step": step + 1, "steps": steps,
+                          "loss": total_loss / n_batches})
+        bar.close()
+        val = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel)
+        score = headline(val)
+        improved = score > state["best"]
+        if improved:
+            state.update(best=score, best_epoch=epoch, bad_epochs=0)
+            if main:
+                from safetensors.torch import save_file
+
+                tmp = best_path.with_name(".best.tmp")
+                save_file(adapter_state_dict(plain), str(tmp))
+                os.replace(tmp, best_path)
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, "train_loss": total_loss / max(1, n_batches),
+                                 **{k: v for k, v in val.items() if isinstance(v, float)}})
+        accelerator.print(f"[seed {seed}] epoch {epoch:3d}  train loss {total_loss / max(1, n_batches):.4f}  "
+                          f"val {val['headline']} {score:.4f}  acc {val.get('accuracy', float('nan')):.4f}"
+                          f"{'  *' if improved else ''}")
+        if main:
+            save_checkpoint(ckpt, plain, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                          "torch_rng": torch.get_rng_state()}, state)
+        if progress is not None:
+            progress({"kind": "epoch", "seed": seed, "epoch": epoch, "epochs": cfg.epochs, "improved": improved,
+                      "train_loss": state["history"][-1]["train_loss"], "val": val})
+        accelerator.wait_for_everyone()
+        if report is not None:
+            report(epoch, score)
+    wall = time.time() - t0
+    # Test the best-validation checkpoint, once.
+    from adapters.io import load_adapter_weights
+
+    accelerator.wait_for_everyone()
+    load_adapter_weights(plain, best_path)
+    test = evaluate(model, test_dl, accelerator, index.class_names, index.multilabel)
+    val_best = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel)
+    peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+    if main:
+        acfg = AdapterConfig(
+            method=cfg.method, backbone=backbone, num_classes=len(index.class_names),
+            class_names=list(index.class_names), hparams=dict(cfg.hparams),
+            task="multilabel" if index.multilabel else "classification", data_config=dcfg, img_size=cfg.img_size,
+            dataset=cfg.dataset, metrics={f"test_{k}": v for k, v in test.items() if isinstance(v, float)},
+            training={"seed": seed, "best_epoch": state["best_epoch"], "epochs": cfg.epochs, "lr": cfg.lr,
+                      "batch_size": cfg.batch_size, "fraction": cfg.fraction,
+                      "n_train": len(splits["train"]), "splits": "splits.json"})
+        save_adapter(plain, out / "adapter", acfg)
+        _atomic_json(out / "history.json", state["history"])
+    return {"seed": seed, "val": val_best, "test": test, "best_epoch": state["best_epoch"],
+            "epochs_run": state["epoch"], "trainable_params": trainable, "total_params": total,
+            "wall_time_s": wall, "peak_memory_bytes": peak,
+            "split_sizes": {k: len(v) for k, v in splits.items()}}
+
+
+def summarise(cfg: TrainConfig, index, per_seed: list[dict], out: Path, wall: float) -> dict:
+    best = max(per_seed, key=lambda r: headline(r["val"]))
+    return {
+        "kind": "medpeft-run",
+        "task": "multilabel" if index.multilabel else "classification",
+        "method": cfg.method,
+        "backbone": cfg.resolved_backbone(),
+        "dataset": cfg.dataset,
+        "fraction": cfg.fraction,
+        "n_train": per_seed[0]["split_sizes"]["train"],
+        "split_sizes": per_seed[0]["split_sizes"],
+        "seeds": [r["seed"] for r in per_seed],
+        "class_names": list(index.class_names),
+        "metrics": {"test": aggregate([r["test"] for r in per_seed]), "val": aggregate([r["val"] for r in per_seed])},
+        "headline": per_seed[0]["test"]["headline"],
+        "trainable_params": per_seed[0]["trainable_params"],
+        "total_params": per_seed[0]["total_params"],
+        "adapter_dir": f"seed_{best['seed']}/adapter",
+        "per_seed": per_seed,
+        "data_notes": list(getattr(index, "notes", [])),
+        "wall_time_s": wall,
+        "config": cfg.to_dict(),
+        "versions": {**library_versions(), "python": platform.python_version()},
+        "git_commit": git_commit(),
+    }
+
+
+def format_summary(results: dict) -> str:
+    t = results["metrics"]["test"]
+    key = results["headline"]
+    lines = [f"{results['method']} on {results['dataset']} ({results['backbone']}), seeds {results['seeds']}:"]
+    for k in (key, "accuracy", "balanced_accuracy", "auroc"):
+        if k in t:
+            lines.append(f"  test {k:18s} {100 * t[k]['mean']:6.2f} +- {100 * t[k]['std']:.2f}")
+    tr, tot = results["trainable_params"], results["total_params"]
+    lines.append(f"  trainable params   {tr:,} of {tot:,} ({100 * tr / tot:.3f}%)")
+    return "\n".join(lines)

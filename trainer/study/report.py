@@ -1,0 +1,119 @@
+"""Benchmark report in the paper's form: per task and backbone, a method x dataset table of
+``ours mean ± std`` beside the value Dutt et al. 2024 report for the same cell, plus the average
+score and average rank per method; Markdown and CSV, and PNG plots (Pareto, data volume).
+Reads results only through :mod:`trainer.study.results` (the app's leaderboard uses the same rows)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from .results import (LOWER_IS_BETTER, REFERENCE_SOURCE, _fmt_score, all_rows, data_volume_plot, local_rows,
+                      pareto_plot, ranks, reference_rows)
+
+
+def _paper_lookup(ref: pd.DataFrame) -> dict:
+    return {(r.backbone, r.dataset, r.method, round(float(r.fraction), 3)): (r.metric, r.mean, r.std)
+            for r in ref.itertuples()}
+
+
+def _by_n_train(ref: pd.DataFrame, backbone: str, dataset: str, method: str, n_train) -> tuple | None:
+    """The paper's row for the same training-set size (within 10%), e.g. Table 4's 2,262 / 226 pairs."""
+    if n_train is None or n_train != n_train:
+        return None
+    rows = ref[(ref["backbone"] == backbone) & (ref["dataset"] == dataset) & (ref["method"] == method)]
+    rows = rows[(rows["n_train"] - float(n_train)).abs() <= 0.1 * float(n_train)]
+    if not len(rows):
+        return None
+    r = rows.iloc[0]
+    return r["metric"], r["mean"], r["std"]
+
+
+def tables(local: pd.DataFrame, ref: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """One table per (task, backbone, fraction): rows = methods, columns = datasets + averages."""
+    paper = _paper_lookup(ref)
+    out = {}
+    if not len(local):
+        return out
+    local = local.copy()
+    local["fraction"] = local["fraction"].fillna(1.0)
+    rk = ranks(local)
+    for (task, backbone, fraction), part in local.groupby(["task", "backbone", "fraction"], sort=True):
+        datasets = sorted(part["dataset"].unique())
+        rows = []
+        for method, mrows in part.groupby("method", sort=False):
+            row = {"method": method}
+            for ds in datasets:
+                hit = mrows[mrows["dataset"] == ds]
+                if not len(hit):
+                    row[ds] = ""
+                    continue
+                h = hit.iloc[-1]
+                cell = _fmt_score(h["metric"], h["mean"], h["std"])
+                ref_hit = paper.get((backbone, ds, method, round(float(fraction), 3))) or \
+                    _by_n_train(ref, backbone, ds, method, h["n_train"])
+                if ref_hit is not None:
+                    cell += f" (paper {_fmt_score(ref_hit[0], ref_hit[1], math.nan)})"
+                row[ds] = cell
+            metric = mrows["metric"].iloc[0]
+            avg = mrows["mean"].mean()
+            row["average"] = _fmt_score(metric, avg, math.nan)
+            r = rk[(rk["task"] == task) & (rk["backbone"] == backbone) & (rk["method"] == method)
+                   & (rk["fraction"] == fraction)]
+            row["average rank"] = round(float(r["rank"].mean()), 2) if len(r) else ""
+            tp = mrows["trainable_params"].mean()
+            row["trainable params"] = f"{tp:,.0f}" if tp == tp else ""
+            row["_sort"] = avg if metric in LOWER_IS_BETTER else -avg
+            rows.append(row)
+        df = pd.DataFrame(rows).sort_values("_sort").drop(columns="_sort").reset_index(drop=True)
+        out[f"{task} | {backbone} | fraction {fraction:g}"] = df
+    return out
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_report(results_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    results_dir = Path(results_dir)
+    out = Path(out) if out else results_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    local = local_rows(results_dir)
+    ref = reference_rows()
+    written: list[Path] = []
+    by_task: dict[str, list[tuple[str, pd.DataFrame]]] = {}
+    for title, df in tables(local, ref).items():
+        by_task.setdefault(title.split(" | ")[0], []).append((title, df))
+    for task, parts in by_task.items():
+        md = [f"# {task}: MedPEFT results beside Dutt et al. 2024", "",
+              f"Cells: ours (mean ± std over seeds; F1 in %, FID in points), and in brackets the value "
+              f"{REFERENCE_SOURCE}. Average rank: 1 = best, ranked within each dataset.", ""]
+        frames = []
+        for title, df in parts:
+            md += [f"## {title}", "", _markdown(df), ""]
+            frames.append(df.assign(table=title))
+        path = out / f"{task}.md"
+        path.write_text("\n".join(md))
+        csv = out / f"{task}.csv"
+        pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
+        written += [path, csv]
+    both = all_rows(results_dir)
+    fig = pareto_plot(both)
+    if fig is not None:
+        path = out / "pareto.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    fig = data_volume_plot(local) if len(local) else None
+    if fig is not None:
+        path = out / "data_volume.png"
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        written.append(path)
+    if not written:
+        note = out / "README.md"
+        note.write_text(f"No MedPEFT results.json found below {results_dir}.\n")
+        written.append(note)
+    return written
