@@ -3,7 +3,7 @@
     python spaces_config/deploy.py --repo USER/SPACE [--private] [--variable MEDPEFT_HUB_ADAPTERS=org/a,org/b]
     python spaces_config/deploy.py --repo USER/SPACE --dry-run      # list the files, upload nothing
 
-Uploads app.py, adapters/ and trainer/ (Python sources and the reference CSV), the Space's
+Uploads app.py, ui/, adapters/ and trainer/ (Python sources and the reference CSV), the Space's
 requirements.txt and its README.md (the Space card with the front matter) at the Space root.
 Never uploads virtual environments, runs, tests, caches or weights. The token comes from
 HF_TOKEN or ``huggingface-cli login``; it is never printed.
@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 # (source folder, suffixes) included recursively; everything else is left out.
-PACKAGES = {"adapters": (".py",), "trainer": (".py", ".csv")}
+PACKAGES = {"adapters": (".py",), "trainer": (".py", ".csv"), "ui": (".py",)}
 TOP_FILES = ["app.py"]
 # At the Space root: destination -> source.
 RENAMED = {"README.md": HERE / "README.md", "requirements.txt": HERE / "requirements.txt"}

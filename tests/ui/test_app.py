@@ -24,7 +24,7 @@ from adapters.backbones import TINY_CNN, TINY_VIT
 from adapters.io import AdapterConfig, save_adapter
 from tests.helpers import CLASSES, free_port, make_adapter, retina_png, start_app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FINDINGS = ["effusion", "nodule", "pneumonia", "edema"]
 
 
@@ -157,6 +157,7 @@ def test_rgba_and_16bit_images_work(server, workspace):
         assert sum(probs.values()) == pytest.approx(1.0, abs=1e-4)
 
 
+@pytest.mark.slow  # load test: 20 requests at once
 def test_twenty_concurrent_requests(server, workspace):
     from gradio_client import handle_file
 
@@ -172,6 +173,7 @@ def test_twenty_concurrent_requests(server, workspace):
     assert all(len(t) == 1 for t in tops.values())  # concurrent answers agree per image
 
 
+@pytest.mark.slow  # load test: 20 requests at once
 def test_twenty_concurrent_clients_in_threads(server, workspace):
     from gradio_client import Client
 
@@ -278,7 +280,7 @@ def test_generate_without_model_is_a_clear_error(server):
 
 
 def test_generate_wiring_with_a_stand_in_generate_module(server, tmp_path, monkeypatch):
-    """The Generate tab's path through trainer.infer.predictor.Generator with a stand-in for trainer.loops.generate
+    """The Generate tab's path through trainer.infer.generator.Generator with a stand-in for trainer.diffusion
     (the real module is tested by its own tests; see test_generate_with_tiny_pipeline)."""
     import types
 
@@ -294,10 +296,10 @@ def test_generate_wiring_with_a_stand_in_generate_module(server, tmp_path, monke
         calls.append(("sample", prompt, steps, guidance, seed))
         return Image.new("RGB", (64, 64), (seed % 256, steps, int(guidance * 10)))
 
-    stub = types.ModuleType("trainer.loops.generate")
+    stub = types.ModuleType("trainer.diffusion")
     stub.load_generation_pipeline, stub.sample = load_generation_pipeline, sample
-    monkeypatch.setitem(sys.modules, "trainer.loops.generate", stub)
-    monkeypatch.setattr(trainer, "generate", stub, raising=False)
+    monkeypatch.setitem(sys.modules, "trainer.diffusion", stub)
+    monkeypatch.setattr(trainer, "diffusion", stub, raising=False)
     base = tmp_path / "pipe"
     base.mkdir()
     (base / "model_index.json").write_text("{}")
@@ -321,7 +323,7 @@ def test_generate_wiring_with_a_stand_in_generate_module(server, tmp_path, monke
 
 
 def test_generate_with_tiny_pipeline(server, tmp_path):
-    from trainer.loops.generate import make_tiny_pipeline
+    from trainer.diffusion import make_tiny_pipeline
 
     folder = tmp_path / "tiny-sd"
     make_tiny_pipeline(folder)
@@ -394,7 +396,11 @@ def test_hub_adapter_repos_from_env(tmp_path, monkeypatch):
     try:
         push_adapter(folder, "tester/tiny-bitfit", private=False, token="hf_test", endpoint=hub.url)
         monkeypatch.setenv("MEDPEFT_HUB_ADAPTERS", " tester/tiny-bitfit, tester/missing-adapter ")
-        found = find_adapters(tmp_path / "local", endpoint=hub.url, cache_dir=tmp_path / "hf-cache")
+        from ui.settings import Settings
+
+        repos = Settings.from_env().hub_repos  # the app reads the variable once and hands the repos on
+        assert repos == ("tester/tiny-bitfit", "tester/missing-adapter")
+        found = find_adapters(tmp_path / "local", list(repos), endpoint=hub.url, cache_dir=tmp_path / "hf-cache")
     finally:
         hub.stop()
     by_key = {a.key: a for a in found}
@@ -416,12 +422,13 @@ def test_hub_repos_unreachable_are_recorded_not_fatal(workspace):
 
 def test_demo_adapter_created_when_nothing_is_found(tmp_path):
     import app
-    from trainer.infer import DEMO_NOTE, imagenet_class_names
+    from trainer.infer import imagenet_class_names
 
     demo = app.build_app(tmp_path / "empty-runs", hub_repos=[], examples_dir=tmp_path / "ex")
     state = demo.medpeft_state
     (a,) = state.adapters
-    assert a.is_demo and DEMO_NOTE in a.label() and a.backbone == "tf_efficientnet_lite0.offline_in1k"
+    assert a.is_demo and "ImageNet classes, not medical" in a.label()
+    assert a.backbone == "tf_efficientnet_lite0.offline_in1k"
     names = imagenet_class_names()
     assert len(set(names)) == 1000
     pred = state.predictor.predict(a, Image.open(retina_png(tmp_path / "retina.png")))
@@ -437,7 +444,7 @@ def _pins(path: Path) -> dict[str, str]:
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
-        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*==\s*([^\s;]+)", line)
+        m = re.fullmatch(r"([A-Za-z0-9_.\-]+)(?:\[[A-Za-z0-9_,.\-]+\])?\s*==\s*([^\s;]+)", line)
         assert m, f"{path.name}: unpinned requirement {line!r}"
         pins[m.group(1).lower().replace("_", "-")] = m.group(2)
     return pins
@@ -471,8 +478,9 @@ def test_deploy_dry_run_selects_files():
                           "--dry-run"], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     files = [line.split()[0] for line in out.stdout.splitlines()[:-1]]
-    assert {"app.py", "README.md", "requirements.txt", "adapters/__init__.py", "trainer/infer.py",
-            "trainer/results.py", "trainer/reference/dutt2024_reported.csv"} <= set(files)
+    assert {"app.py", "README.md", "requirements.txt", "adapters/__init__.py", "ui/__init__.py",
+            "ui/tabs/classify.py", "trainer/infer/__init__.py", "trainer/study/results.py",
+            "trainer/jobs/session.py", "trainer/reference/dutt2024_reported.csv"} <= set(files)
     assert not [f for f in files if f.split("/")[0] in {".venv", "runs", "tests", "test-artifacts", ".git"}]
     assert not [f for f in files if "__pycache__" in f or f.endswith((".pyc", ".safetensors"))]
     assert "README.md  (from spaces_config/README.md)" in out.stdout

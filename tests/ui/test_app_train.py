@@ -14,11 +14,11 @@ import pytest
 
 from adapters import OFFLINE_LITE0
 
-from tests.helpers import start_app
-from tests.helpers import write_digits
+from tests.helpers import start_app, write_digits
 
 CLASSES = ["digit_0", "digit_1", "digit_2", "digit_3"]
 TOKEN = "hf_train_tab_secret_token"
+pytestmark = pytest.mark.slow  # real trainings through a running server
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -215,7 +215,8 @@ def test_registered_dataset_on_disk(server, workspace, monkeypatch):
         with pytest.raises(AppError) as err:
             client.predict(None, dataset, folder, api_name="/check_dataset")
         assert expected in str(err.value), str(err.value)
-    monkeypatch.setenv("MEDPEFT_DATA_ROOTS", str(workspace["root"] / "elsewhere"))
+    state = server["state"]  # the settings are read once (MEDPEFT_DATA_ROOTS); change them on the running app
+    monkeypatch.setattr(state, "settings", state.settings.replace(data_roots=(str(workspace["root"] / "elsewhere"),)))
     with pytest.raises(AppError, match="outside the folders"):
         client.predict(None, "imagefolder", str(workspace["data"]), api_name="/check_dataset")
 

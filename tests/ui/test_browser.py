@@ -12,7 +12,8 @@ import pytest
 
 from tests.helpers import CLASSES, make_adapter, retina_png, start_app
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # a real browser against a running server
 CHROMIUM = os.environ.get("MEDPEFT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",

@@ -1,9 +1,8 @@
-"""The Train tab's backend: guarded zip extraction, dataset checks, a background job with live
-progress and a Stop that keeps the best checkpoint."""
+"""The Train tab's data: guarded zip extraction, the class folder, dataset checks before training
+(uploads and registered datasets, with the server's allowed folders)."""
 from __future__ import annotations
 
 import io
-import json
 import stat
 import zipfile
 from pathlib import Path
@@ -11,9 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters.backbones import TINY_CNN
-from trainer.config import TrainConfig
-from trainer.jobs.webtrain import TrainingJob, UploadError, check_dataset, dataset_root, safe_extract_zip
+from trainer.data import DataError
+from trainer.jobs.upload import UPLOAD, UploadError, check_dataset, dataset_root, resolve_dataset, safe_extract_zip
 
 from tests.helpers import write_digits
 
@@ -100,45 +98,42 @@ def test_too_few_images_are_reported_before_training(tmp_path):
     assert not check.ok and "b has 2" in check.summary()
 
 
-def _cfg(data: Path, out: Path, epochs: int) -> TrainConfig:
-    return TrainConfig(method="bitfit", dataset="imagefolder", data_dir=str(data), backbone=TINY_CNN,
-                       pretrained=False, epochs=epochs, batch_size=16, lr=0.01, num_workers=0,
-                       output_dir=str(out)).validate()
+def _classes(root: Path, counts: dict[str, int]) -> Path:
+    for c, n in counts.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (root / c / f"{i}.png").write_bytes(_png())
+    return root
 
 
-def test_job_streams_epochs_and_finishes(tmp_path):
-    data = write_digits(tmp_path / "digits", per_class=6, size=32)
-    job = TrainingJob(_cfg(data, tmp_path / "run", epochs=2)).start()
-    events = [e for e in job.events() if e["kind"] not in ("tick", "step")]
-    assert [e["kind"] for e in events] == ["epoch", "epoch", "done"], events
-    assert "val" in events[0] and "train_loss" in events[0]
-    assert (tmp_path / "run" / "results.json").is_file()
+def test_resolve_dataset_upload_and_registered_folder(tmp_path):
+    z = _zip(tmp_path / "d.zip", {f"wrap/{c}/{i}.png": _png() for c in ("a", "b") for i in range(5)})
+    name, root, check = resolve_dataset(z, UPLOAD, None, tmp_path / "work")
+    assert name == "imagefolder" and root == (tmp_path / "work" / "upload" / "wrap").resolve() and check.ok
+    assert check.class_counts == {"a": 5, "b": 5}
+    data = _classes(tmp_path / "server" / "data", {"x": 5, "y": 3})
+    name, root, check = resolve_dataset(None, "imagefolder", str(data), tmp_path / "w2")
+    assert (name, root) == ("imagefolder", data) and not check.ok and "y has 3" in check.summary()
+    assert not (tmp_path / "w2").exists()  # a registered dataset is read in place
 
 
-def test_stop_keeps_the_best_checkpoint_so_far(tmp_path):
-    data = write_digits(tmp_path / "digits", per_class=6, size=32)
-    job = TrainingJob(_cfg(data, tmp_path / "run", epochs=50)).start()
-    seen = 0
-    for event in job.events():
-        if event["kind"] == "epoch":
-            seen += 1
-            if seen == 2:
-                job.stop()
-        if event["kind"] in ("done", "error"):
-            break
-    assert event["kind"] == "done", event
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["per_seed"][0]["epochs_run"] <= 3  # stopped, not 50 epochs
-    assert results["stopped_early_by_user"] is True
-    assert (tmp_path / "run" / results["adapter_dir"] / "adapter_model.safetensors").is_file()
+@pytest.mark.parametrize("zip_file, dataset, data_dir, expected", [
+    (None, UPLOAD, None, "upload a zip"),
+    ("images.tar", UPLOAD, None, "not a .zip file"),
+    (None, "no_such_dataset", "/tmp", "unknown dataset"),
+    (None, "imagefolder", " ", "enter the folder"),
+    (None, "ham10000", "/no/such/folder", "not a folder"),
+])
+def test_resolve_dataset_plain_errors(tmp_path, zip_file, dataset, data_dir, expected):
+    with pytest.raises(DataError, match=expected):
+        resolve_dataset(zip_file, dataset, data_dir, tmp_path)
 
 
-def test_stop_before_the_first_step_still_saves_a_tested_adapter(tmp_path):
-    data = write_digits(tmp_path / "digits", per_class=6, size=32)
-    job = TrainingJob(_cfg(data, tmp_path / "run", epochs=50))
-    job.stop()  # pressed before training even started
-    job.start()
-    kinds = [e["kind"] for e in job.events() if e["kind"] in ("epoch", "done", "error")]
-    assert kinds == ["epoch", "done"], kinds
-    results = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert results["per_seed"][0]["epochs_run"] == 1 and results["stopped_early_by_user"]
+def test_data_roots_confine_registered_datasets(tmp_path):
+    data = _classes(tmp_path / "allowed" / "set", {"x": 5, "y": 5})
+    assert resolve_dataset(None, "imagefolder", str(data), tmp_path, data_roots=[tmp_path / "allowed"])[2].ok
+    escape = str(tmp_path / "allowed" / ".." / "elsewhere")
+    (tmp_path / "elsewhere").mkdir()
+    for folder in (escape, str(tmp_path)):
+        with pytest.raises(DataError, match="outside the folders"):
+            resolve_dataset(None, "imagefolder", folder, tmp_path, data_roots=[tmp_path / "allowed"])

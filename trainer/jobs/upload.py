@@ -1,27 +1,23 @@
-"""Fine-tuning from a web page (the app's Train tab), without the web: safe upload handling,
-dataset checks before training, and one background training job with live progress and a Stop
-that keeps the best checkpoint so far.
+"""The Train tab's data, checked before anything trains: an uploaded zip extracted safely (no
+zip-slip, links or zip bombs), the folder that holds the classes, and a dataset check (classes,
+images per class) for the upload or a registered dataset on the server.
 
-The app calls :func:`prepare_upload` (zip -> image folder, guarded), :func:`check_dataset`, then
-:class:`TrainingJob` and polls :meth:`TrainingJob.events`.
+    name, root, check = resolve_dataset(zip_path, UPLOAD, None, work_dir)
+    if not check.ok: print(check.summary())
 """
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shutil
 import stat
-import threading
-import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ..config import DEFAULT_VIT, TrainConfig
-from ..data import DataError, load_dataset
+from ..data import DATASETS, DataError, load_dataset
 
+UPLOAD = "upload"  # the dataset source "the uploaded zip" (else a registered dataset name)
 MAX_FILES = 20_000
 MAX_TOTAL_BYTES = 2 * 1024**3  # uncompressed
 MAX_RATIO = 200  # a member inflating more than this is a zip bomb, not an image
@@ -120,10 +116,12 @@ class DatasetCheck:
         return "\n".join(lines)
 
 
-def check_dataset(root: str | os.PathLike, min_per_class: int = MIN_PER_CLASS) -> DatasetCheck:
-    """Everything that would make training fail or meaningless, found before it starts."""
+def check_dataset(root: str | os.PathLike, dataset: str = "imagefolder",
+                  min_per_class: int = MIN_PER_CLASS) -> DatasetCheck:
+    """Everything that would make training fail or meaningless, found before it starts: fewer than
+    two classes, or a class with too few images to train, validate and test on."""
     try:
-        index = load_dataset("imagefolder", root)
+        index = load_dataset(dataset, root)
     except DataError as e:
         raise UploadError(str(e)) from None
     counts = index.class_counts()
@@ -137,63 +135,33 @@ def check_dataset(root: str | os.PathLike, min_per_class: int = MIN_PER_CLASS) -
     return check
 
 
-def default_choice(has_gpu: bool | None = None) -> tuple[str, str]:
-    """(backbone, method) as the paper recommends: SSF for CNNs, LoRA for ViTs; a ViT only on a GPU."""
-    import torch
-
-    from adapters import OFFLINE_LITE0
-
-    gpu = torch.cuda.is_available() if has_gpu is None else has_gpu
-    return (DEFAULT_VIT, "lora") if gpu else (OFFLINE_LITE0, "ssf")
+def inside(folder: Path, roots: list[Path]) -> bool:
+    folder = folder.resolve()
+    return any(folder == r or r in folder.parents for r in (Path(r).expanduser().resolve() for r in roots))
 
 
-class TrainingJob:
-    """One training run in a background thread. ``events()`` yields progress dicts:
-    ``{"kind": "epoch", "epoch", "train_loss", "val": {...}}``, ``{"kind": "done", "results"}`` or
-    ``{"kind": "error", "message"}``. ``stop()`` ends training after the current step; the best
-    validation checkpoint so far is tested and saved."""
-
-    def __init__(self, cfg: TrainConfig):
-        self.cfg = cfg
-        self._events: queue.Queue = queue.Queue()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.results: dict[str, Any] | None = None
-        self.error: str | None = None
-
-    def start(self) -> "TrainingJob":
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    @property
-    def stopped(self) -> bool:
-        return self._stop.is_set()
-
-    def _run(self) -> None:
-        from ..loops.classify import run
-
-        def progress(event: dict) -> None:
-            self._events.put(event)
-
-        try:
-            self.results = run(self.cfg, progress=progress, stop=self._stop)
-            self._events.put({"kind": "done", "results": self.results})
-        except Exception as e:  # shown to the user as a message; the server keeps serving
-            self.error = f"{type(e).__name__}: {e}" if not isinstance(e, (DataError, ValueError)) else str(e)
-            self._events.put({"kind": "error", "message": self.error})
-
-    def events(self, poll: float = 0.5):
-        while True:
-            try:
-                event = self._events.get(timeout=poll)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._events.empty():
-                    return
-                yield {"kind": "tick", "time": time.time()}
-                continue
-            yield event
-            if event["kind"] in ("done", "error"):
-                return
+def resolve_dataset(zip_file: str | os.PathLike | None, dataset: str | None, data_dir: str | None,
+                    work: str | os.PathLike, data_roots: list[str | os.PathLike] | None = None
+                    ) -> tuple[str, Path, DatasetCheck]:
+    """(dataset name, data folder, check) for the uploaded zip (``dataset == UPLOAD``, extracted into
+    ``work``) or a registered dataset in ``data_dir`` on the server. ``data_roots``: the folders a
+    registered dataset may be read from (empty or None: any folder)."""
+    dataset = (dataset or UPLOAD).strip()
+    if dataset == UPLOAD:
+        if not zip_file:
+            raise DataError("upload a zip of your images first (one folder per class), or choose a "
+                            "registered dataset and its folder")
+        if not str(zip_file).lower().endswith(".zip"):
+            raise DataError(f"{Path(zip_file).name} is not a .zip file")
+        root = dataset_root(safe_extract_zip(zip_file, Path(work) / "upload"))
+        return "imagefolder", root, check_dataset(root)
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
+    if not str(data_dir or "").strip():
+        raise DataError(f"enter the folder that holds {dataset} on the server (Data dir)")
+    folder = Path(str(data_dir).strip()).expanduser()
+    if data_roots and not inside(folder, [Path(r) for r in data_roots]):
+        raise DataError(f"{folder} is outside the folders this server trains from (MEDPEFT_DATA_ROOTS)")
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder on the server")
+    return dataset, folder, check_dataset(folder, dataset)

@@ -1,0 +1,57 @@
+"""What the tabs share while the app is built: the app state, the output files, the components that
+list adapters on several tabs (kept in step after a rescan or a training), and a list of event
+wirings that wait until every tab's components exist."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import gradio as gr
+
+from . import views
+from .state import ALL, AppState, OutputFiles
+
+
+@dataclass
+class AdapterPickers:
+    """Filled in by the tabs that own them (Classify: dataset/task/adapter/compare/status; Generate:
+    the generation adapter)."""
+    dataset_dd: Any = None
+    task_dd: Any = None
+    adapter_dd: Any = None
+    compare_box: Any = None
+    status_md: Any = None
+    gen_adapter: Any = None
+
+    def outputs(self) -> list:
+        """The components a rescan updates, in the API's order."""
+        return [self.dataset_dd, self.adapter_dd, self.compare_box, self.gen_adapter, self.status_md]
+
+    def updates(self, state: AppState, dataset: str | None, task: str | None, current: str | None) -> dict:
+        """Updates for every picker after the adapter list changed (``state.adapters``)."""
+        subset = state.filtered(dataset, task)
+        keys = [a.key for a in subset]
+        datasets = state.datasets()
+        # Keep the server-side components in step so API calls validate against the new list.
+        self.compare_box.choices = views.choices(state.classifiers())
+        self.gen_adapter.choices = views.generator_choices(state.generators())
+        return {self.dataset_dd: gr.update(choices=datasets, value=dataset if dataset in datasets else ALL),
+                self.adapter_dd: gr.update(choices=views.choices(subset),
+                                           value=current if current in keys else (keys[0] if keys else None)),
+                self.compare_box: gr.update(choices=views.choices(state.classifiers()), value=[]),
+                self.gen_adapter: gr.update(choices=views.generator_choices(state.generators())),
+                self.status_md: views.adapter_status(state.adapters, state.adapters_dir, bool(state.hub_repos))}
+
+
+@dataclass
+class TabContext:
+    demo: gr.Blocks
+    state: AppState
+    outputs: OutputFiles
+    examples: list[tuple[str, str]]
+    pickers: AdapterPickers = field(default_factory=AdapterPickers)
+    deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    def later(self, wire: Callable[[], None]) -> None:
+        """Wire an event once every tab is built (it updates components of other tabs)."""
+        self.deferred.append(wire)
