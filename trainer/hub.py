@@ -15,25 +15,25 @@ Only the adapter files go up (``medpeft.json``, ``adapter_model.safetensors``, `
 for peft methods, and a regenerated ``README.md`` model card): never checkpoints, optimizer states or
 anything else in the folder. The folder itself is left untouched. The token comes from ``token=``,
 ``HF_TOKEN`` or ``hf auth login`` (``huggingface-cli login``); it is never printed or written.
-``HF_ENDPOINT`` selects another Hub-compatible server.
+``HF_ENDPOINT`` selects another Hub-compatible server. The model card is :mod:`trainer.card`'s.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import shutil
 import socket
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 from adapters.core import MethodError
-from adapters.io import CONFIG_NAME, PAPER_CITATION, WEIGHTS_NAME, AdapterConfig, model_card, read_config
+from adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_config
 from adapters.registry import get_method
 from adapters.unet_lora import DIFFUSERS_LORA_NAME  # U-Net LoRA in diffusers' format
+
+from .card import CardError, build_model_card
+from .run_dir import ResultsError, RunResults
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 CARD_NAME = "README.md"
@@ -46,179 +46,6 @@ LOGIN_HINT = ("log in with `hf auth login` (or the older `huggingface-cli login`
 
 class HubError(RuntimeError):
     """A Hub push/pull failed; the message says what to do. It never contains the token."""
-
-
-# ------------------------------------------------------------------------------------ model card
-def base_model_id(backbone: str) -> str:
-    """The Hub id of a backbone: a Hub id stays; a timm name becomes its pretrained weights' repo
-    (``resnet50`` -> ``timm/resnet50.a1_in1k``), else ``timm/<name>``."""
-    from adapters.backbones import OFFLINE_LITE0
-
-    if "/" in backbone:
-        return backbone
-    if backbone == OFFLINE_LITE0:  # the same TF EfficientNet-Lite0 ImageNet weights, ported by lukemelas
-        return "timm/tf_efficientnet_lite0.in1k"
-    try:
-        import timm
-
-        hub_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
-    except Exception:  # no pretrained config (e.g. the tiny test backbones)
-        hub_id = None
-    return hub_id or f"timm/{backbone}"
-
-
-def _finite(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _eval_metrics(config: AdapterConfig, results: dict | None) -> list[tuple[str, float, str | None, str]]:
-    """``(metric, value, split, pretty name)``: test means over seeds from ``results``, else the
-    adapter config's own metrics (``test_f1_macro`` -> ``f1_macro`` on ``test``)."""
-    out = []
-    test = ((results or {}).get("metrics") or {}).get("test") or {}
-    if test:
-        for k, v in test.items():
-            mean = v.get("mean") if isinstance(v, dict) else v
-            if _finite(mean):
-                n = len(v.get("values") or []) if isinstance(v, dict) else 0
-                std = v.get("std") if isinstance(v, dict) else None
-                name = f"test {k}" + (f" (mean of {n} seeds, std {std:.4f})" if n > 1 and _finite(std) else "")
-                out.append((k, float(mean), "test", name))
-        return out
-    for k, v in config.metrics.items():
-        if _finite(v):
-            split, _, metric = k.partition("_") if k.startswith(("test_", "val_")) else (None, "", k)
-            out.append((metric, float(v), split, f"{split} {metric}" if split else metric))
-    return out
-
-
-def _training_lines(config: AdapterConfig, results: dict | None) -> list[str]:
-    r = results or {}
-    tr = config.trainable_params if config.trainable_params is not None else r.get("trainable_params")
-    tot = config.total_params if config.total_params is not None else r.get("total_params")
-    lines = []
-    if tr is not None:
-        pct = f" of {tot:,} ({100 * tr / tot:.3f}%)" if tot else ""
-        lines.append(f"- trainable parameters: {tr:,}{pct}")
-    seed = config.training.get("seed")
-    seeds = r.get("seeds") or [p.get("seed") for p in r.get("per_seed") or [] if "seed" in p]
-    if seeds:
-        lines.append(f"- seeds: {', '.join(map(str, seeds))}" + (f"; these weights: seed {seed}" if seed is not None
-                                                                  else ""))
-    elif seed is not None:
-        lines.append(f"- seed: {seed}")
-    sizes = r.get("split_sizes") or {}
-    if not sizes and r.get("per_seed"):
-        sizes = r["per_seed"][0].get("split_sizes") or {}
-    fraction = r.get("fraction", config.training.get("fraction"))
-    if sizes:
-        lines.append("- split: " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + " images"
-                     + (f" (training fraction {fraction})" if fraction is not None else ""))
-    elif config.training.get("n_train") is not None:
-        lines.append(f"- training images: {config.training['n_train']}"
-                     + (f" (training fraction {fraction})" if fraction is not None else ""))
-    per_seed = [p for p in r.get("per_seed") or [] if isinstance(p.get("test"), dict)]
-    if per_seed:
-        key = per_seed[0]["test"].get("headline")
-        if key and all(_finite(p["test"].get(key)) for p in per_seed):
-            lines.append(f"- test {key} per seed: " + ", ".join(f"seed {p.get('seed')}: {p['test'][key]:.4f}"
-                                                                 for p in per_seed))
-    return lines
-
-
-def build_model_card(config: AdapterConfig, results: dict | None = None, existing: str | None = None) -> str:
-    """The Hub model card of an adapter: front matter (base_model, library_name, tags, datasets,
-    model-index eval results) + the description of :func:`adapters.io.model_card` + evaluation and
-    training details + the citation. Metadata keys of ``existing`` (a previous README) that MedPEFT
-    does not set, e.g. ``license``, are kept. Parsed back with ``huggingface_hub.ModelCard`` to check it."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
-    method = get_method(config.method)
-    dataset = config.dataset or (results or {}).get("dataset")
-    task_type = "text-to-image" if config.task == "generation" else "image-classification"
-    tags = ["medpeft", "medical-imaging", config.method] + ([dataset] if dataset else [])
-    if method.peft:
-        tags.append("peft")
-    evals = [EvalResult(task_type=task_type, dataset_type=dataset or "custom", dataset_name=dataset or "custom",
-                        dataset_split=split, metric_type=metric, metric_value=round(value, 6), metric_name=name)
-             for metric, value, split, name in _eval_metrics(config, results)]
-    kept: dict[str, Any] = {}
-    if existing:
-        try:
-            kept = ModelCard(existing, ignore_metadata_errors=True).data.to_dict()
-        except Exception:  # an unreadable old card is simply replaced
-            kept = {}
-    ours = {"base_model", "library_name", "tags", "datasets", "model-index", "model_name", "eval_results",
-            "pipeline_tag"}
-    extra_tags = [t for t in kept.get("tags") or [] if isinstance(t, str) and t not in tags]
-    data = ModelCardData(
-        base_model=base_model_id(config.backbone), library_name="peft" if method.peft else "timm",
-        tags=tags + extra_tags, datasets=[dataset] if dataset else None, pipeline_tag=task_type,
-        model_name=f"medpeft-{config.method}-{config.backbone}" + (f"-{dataset}" if dataset else ""),
-        eval_results=evals or None, **{k: v for k, v in kept.items() if k not in ours})
-
-    body = model_card(config).split("\n---\n", 1)[1]  # adapters.io's description, without its front matter
-    extra = []
-    if evals:
-        body = _drop_metric_table(body)  # replaced by the Evaluation section
-        test = ((results or {}).get("metrics") or {}).get("test") or {}
-        extra += ["## Evaluation", "", "| metric | split | value |", "| --- | --- | --- |"]
-        for e in evals:
-            v = test.get(e.metric_type)
-            spread = (f" ± {v['std']:.4f} ({len(v['values'])} seeds)" if isinstance(v, dict) and _finite(v.get("std"))
-                      and len(v.get("values") or []) > 1 else "")
-            extra.append(f"| {e.metric_type} | {e.dataset_split or ''} | {e.metric_value:.4f}{spread} |")
-        if test:
-            extra += ["", "Test-set mean (± sample std) over the training seeds, from the run's `results.json`."]
-            own = {k: v for k, v in config.metrics.items() if _finite(v)}
-            if own:
-                seed = config.training.get("seed")
-                extra += ["These weights" + (f" (seed {seed})" if seed is not None else "") + ": "
-                          + ", ".join(f"{k} {v:.4f}" for k, v in own.items()) + "."]
-        extra.append("")
-    training = _training_lines(config, results)
-    if training:
-        extra += ["## Training", ""] + training + [""]
-    if extra:
-        marker = "## Use\n"
-        body = body.replace(marker, "\n".join(extra) + "\n" + marker, 1) if marker in body \
-            else body + "\n" + "\n".join(extra)
-    if PAPER_CITATION not in body:
-        body += f"\n## Citation\n\n```bibtex\n{PAPER_CITATION}\n```\n"
-    text = f"---\n{data.to_yaml()}\n---\n{body}"
-    _check_card(text, config, len(evals))
-    return text
-
-
-def _drop_metric_table(body: str) -> str:
-    lines, out, skipping = body.split("\n"), [], False
-    for line in lines:
-        if line.strip() == "| metric | value |":
-            skipping = True
-            if out and not out[-1].strip():
-                out.pop()
-            continue
-        if skipping and line.startswith("|"):
-            continue
-        skipping = False
-        out.append(line)
-    return "\n".join(out)
-
-
-def _check_card(text: str, config: AdapterConfig, n_evals: int) -> None:
-    from huggingface_hub import ModelCard
-
-    try:
-        card = ModelCard(text)  # parses the YAML and the model-index (raises on invalid metadata)
-    except Exception as e:
-        raise HubError(f"the generated model card is invalid ({e}); this is a MedPEFT bug") from e
-    d = card.data
-    problems = [name for name, ok in [
-        ("base_model", bool(d.base_model)), ("library_name", d.library_name in ("peft", "timm")),
-        ("method tag", config.method in (d.tags or [])),
-        ("eval results", len(d.eval_results or []) == n_evals), ("citation", PAPER_CITATION in card.text)] if not ok]
-    if problems:
-        raise HubError(f"the generated model card lacks {', '.join(problems)}; this is a MedPEFT bug")
 
 
 # ------------------------------------------------------------------------------------ errors
@@ -300,7 +127,10 @@ def push_adapter(folder: str | os.PathLike, repo_id: str, private: bool = True, 
         raise HubError(f"cannot push {folder}: method {config.method!r} is a peft method but {PEFT_CONFIG_NAME} "
                        "is missing (save the folder with adapters.io.save_adapter)")
     old_card = folder / CARD_NAME
-    card = build_model_card(config, results, old_card.read_text(encoding="utf-8") if old_card.is_file() else None)
+    try:
+        card = build_model_card(config, results, old_card.read_text(encoding="utf-8") if old_card.is_file() else None)
+    except CardError as e:
+        raise HubError(str(e)) from None
 
     token = token or get_token()
     if not token:
@@ -345,21 +175,6 @@ def pull_adapter(repo_id: str, revision: str | None = None, cache_dir: str | os.
 
 
 # ------------------------------------------------------------------------------------ CLI
-def _find_results(folder: Path) -> dict | None:
-    """The ``results.json`` of the run whose ``adapter_dir`` is ``folder`` (``<run>/seed_N/adapter``)."""
-    for parent in list(folder.resolve().parents)[:3]:
-        path = parent / "results.json"
-        if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                return None
-            if isinstance(data, dict) and (parent / str(data.get("adapter_dir", ""))).resolve() == folder.resolve():
-                return data
-            return None
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.hub", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -380,11 +195,12 @@ def main(argv: list[str] | None = None) -> int:
             folder = Path(args.folder)
             if args.results:
                 try:
-                    results = json.loads(Path(args.results).read_text())
-                except (OSError, json.JSONDecodeError) as e:
-                    raise HubError(f"cannot read --results {args.results}: {e}") from None
+                    results = RunResults.read(args.results).data
+                except ResultsError as e:
+                    raise HubError(f"cannot read --results: {e}") from None
             else:
-                results = _find_results(folder)
+                found = RunResults.of_adapter(folder)
+                results = found.data if found is not None else None
             url = push_adapter(folder, args.repo_id, private=not args.public, results=results,
                                commit_message=args.message)
             print(f"pushed {folder} to {url}")

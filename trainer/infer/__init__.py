@@ -1,9 +1,13 @@
-"""Inference: find and pull adapters, predict with them (+ Grad-CAM), generate images.
-May import ``trainer.data``, ``trainer.loops`` (generation), ``trainer.hub`` and ``adapters``; never Gradio."""
-from .predictor import (AdapterInfo, AdapterList, Generator, InferenceError, Prediction, Predictor, class_names,
-                        create_demo_adapter, example_reports, find_adapters, hub_reachable, hub_repos_from_env,
-                        imagenet_class_names, unique_labels)
+"""Inference: the adapter store (``store``: find local and Hub adapters, the offline demo adapter, Hub
+reachability), classification with Grad-CAM (``predictor``, ``gradcam``) and text-to-image (``generator``).
 
-__all__ = ["AdapterInfo", "AdapterList", "Generator", "InferenceError", "Prediction", "Predictor", "class_names",
-           "create_demo_adapter", "example_reports", "find_adapters", "hub_reachable", "hub_repos_from_env",
-           "imagenet_class_names", "unique_labels"]
+May import ``trainer.data``, ``trainer.diffusion``, ``trainer.hub``, ``trainer.study.results`` (number
+formatting) and ``adapters``; never Gradio, never ``trainer.loops`` or ``trainer.jobs``."""
+from .generator import Generator, example_reports
+from .predictor import LoadedModel, Prediction, Predictor, unique_labels
+from .store import (DEMO_NOTE, AdapterInfo, AdapterList, InferenceError, class_names, create_demo_adapter,
+                    find_adapters, hub_reachable, hub_repos_from_env, imagenet_class_names)
+
+__all__ = ["AdapterInfo", "AdapterList", "DEMO_NOTE", "Generator", "InferenceError", "LoadedModel", "Prediction",
+           "Predictor", "class_names", "create_demo_adapter", "example_reports", "find_adapters", "hub_reachable",
+           "hub_repos_from_env", "imagenet_class_names", "unique_labels"]

@@ -4,22 +4,14 @@ Protocol (Dutt et al. 2024): train on the train split, select the epoch with the
 macro-F1 (AUROC for multi-label) with early stopping, test that checkpoint once. The test split is
 never used for selection. Several seeds give mean +- std.
 
-Output folder::
-
-    <output_dir>/config.yaml                     the resolved configuration
-    <output_dir>/seed_<k>/splits.json            the exact split (reproducible, auditable)
-    <output_dir>/seed_<k>/checkpoint/            last epoch, for --resume (atomic)
-    <output_dir>/seed_<k>/adapter/               best-validation adapter folder (adapters.io format)
-    <output_dir>/seed_<k>/history.json           per-epoch loss and validation metrics
-    <output_dir>/results.json                    written last: metrics over seeds, params, versions
+The output folder (config.yaml, seed_<k>/{splits.json, history.json, checkpoint/, adapter/},
+results.json written last) is laid out by :class:`trainer.run_dir.RunDir`; the optimizer, schedule
+and step are :mod:`trainer.loops.optim`'s.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import platform
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -30,52 +22,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters import apply_method, count_params, create_backbone, data_config
-from adapters.io import AdapterConfig, adapter_state_dict, library_versions, save_adapter
+from adapters.io import AdapterConfig, adapter_state_dict, save_adapter
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from ..config import ConfigError, TrainConfig
-from .metrics import aggregate, classification_metrics, headline
+from ..data.transforms import cache_size_for
+from ..run_dir import RunDir, RunExistsError, RunResults
+from .optim import build_optimizer, build_scheduler, make_accelerator, train_step
+from .metrics import aggregate, classification_metrics, headline, undefined_notes
 
 ReportFn = Callable[[int, float], None]  # (epoch, validation headline) -> may raise optuna.TrialPruned
 ProgressFn = Callable[[dict], None]  # live events for a UI: {"kind": "epoch" | "step", ...}
 
 
-class RunExistsError(ConfigError):
-    pass
-
-
-def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-
-    if torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-
-
-def prepare_output(cfg: TrainConfig) -> Path:
-    out = Path(cfg.output_dir)
-    if (out / "results.json").exists() and not (cfg.overwrite or cfg.resume):
-        raise RunExistsError(f"{out} already holds a finished run (results.json). Use --overwrite to replace it "
-                             f"or choose another --output-dir")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+__all__ = ["RunExistsError", "run", "train_seed", "build_loaders", "evaluate", "load_data", "model_data_config",
+           "summarise", "format_summary"]
 
 
 def load_data(cfg: TrainConfig):
@@ -87,15 +48,14 @@ def load_data(cfg: TrainConfig):
 
 
 def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
+    """The model's timm preprocessing plus the cache's resize ("pre_resize", trainer/data/transforms.py)."""
+    from ..data.transforms import PRE_RESIZE, pre_resize_config
+
     dcfg = data_config(model)
     if cfg.img_size:
         dcfg["input_size"] = [3, cfg.img_size, cfg.img_size]
+    dcfg[PRE_RESIZE] = pre_resize_config(dcfg)
     return dcfg
-
-
-def cache_size_for(dcfg: dict) -> int:
-    size = dcfg["input_size"][-1]
-    return int(math.ceil(size / min(1.0, dcfg.get("crop_pct", 1.0) or 1.0)))
 
 
 def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn | None = None,
@@ -108,43 +68,59 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
     from ..data import build_image_cache
 
     cfg.validate()
-    out = prepare_output(cfg)
-    accelerator = _accelerator(cfg)
-    if accelerator.is_main_process:
-        cfg.save(out / "config.yaml")
+    RunDir.check_can_start(cfg)
+    accelerator = make_accelerator(cfg.mixed_precision)
     t0 = time.time()
+    # The data is read, decoded and split once before anything is written in the run folder: a bad
+    # layout, an unreadable image or a split that leaves a class empty fails with nothing left behind.
     index = load_data(cfg)
     backbone = cfg.resolved_backbone()
     with torch.device("meta"):  # only the preprocessing config is needed: no weights allocated
         probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
     dcfg = model_data_config(probe, cfg)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out.parent / ".cache"
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir).parent / ".cache"
     with accelerator.main_process_first():
         cache = build_image_cache(index, cache_dir, cache_size_for(dcfg), workers=max(1, cfg.num_workers),
-                                  progress=accelerator.is_main_process)
+                                  skip_bad=cfg.skip_bad_images, progress=accelerator.is_main_process)
     index = cache.index
+    check_splits(cfg, index)
+    run_dir = RunDir.prepare(cfg)
+    if accelerator.is_main_process:
+        run_dir.save_config(cfg)
     per_seed = []
     for seed in cfg.seeds:
         if stop is not None and stop.is_set() and per_seed:
             break
-        per_seed.append(train_seed(cfg, index, cache, dcfg, seed, out / f"seed_{seed}", accelerator, report,
+        per_seed.append(train_seed(cfg, index, cache, dcfg, seed, run_dir, accelerator, report,
                                    progress, stop))
-    results = summarise(cfg, index, per_seed, out, time.time() - t0)
+    results = summarise(cfg, index, per_seed, run_dir, time.time() - t0)
     results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
     if accelerator.is_main_process:
-        _atomic_json(out / "results.json", results)
+        run_dir.write_results(results)
         print(format_summary(results))
         if cfg.push_to_hub:
-            from ..hub import push_adapter
-
-            url = push_adapter(out / results["adapter_dir"], cfg.push_to_hub, private=cfg.hub_private,
-                               results=results)
-            print(f"pushed to {url}")
+            print(f"pushed to {run_dir.push(results, cfg.push_to_hub, private=cfg.hub_private)}")
     accelerator.wait_for_everyone()
     return results
 
 
-def _loaders(cfg, index, cache, dcfg, splits, seed):
+def check_splits(cfg: TrainConfig, index) -> None:
+    """Every class of a single-label dataset needs images; every seed's split must leave each class in
+    the training split (``make_splits`` raises a DataError naming the class otherwise). Dry run, nothing
+    written; a resumed run reuses its saved splits."""
+    from ..data import DataError, make_splits
+
+    if not index.multilabel and len(index.class_names) < 2:
+        raise DataError(f"{index.name}: found a single class ({', '.join(index.class_names) or 'none'}); "
+                        f"classification needs at least two class folders/labels")
+    if cfg.resume:
+        return
+    for seed in cfg.seeds:
+        make_splits(index, seed=seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac, fraction=cfg.fraction)
+
+
+def build_loaders(cfg, index, cache, dcfg, splits, seed):
+    """Train (shuffled, seeded, augmented), validation and test loaders over the image cache."""
     from ..data import CachedImageDataset, build_transforms
 
     # Milder than timm's ImageNet defaults (scale 0.08, jitter 0.4): lesions must stay in the crop.
@@ -159,28 +135,6 @@ def _loaders(cfg, index, cache, dcfg, splits, seed):
     val = mk(CachedImageDataset(cache, index.labels, splits["val"], eval_tf), shuffle=False, **kw)
     test = mk(CachedImageDataset(cache, index.labels, splits["test"], eval_tf), shuffle=False, **kw)
     return train, val, test
-
-
-def _optimizer(model: nn.Module, cfg: TrainConfig):
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
-
-
-def _scheduler(opt, cfg: TrainConfig, steps_per_epoch: int):
-    total = max(1, cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _loss_fn(index, cfg):
@@ -202,15 +156,16 @@ def evaluate(model, loader, accelerator, class_names, multilabel) -> dict:
     return classification_metrics(torch.cat(all_logits), torch.cat(all_targets), class_names, multilabel)
 
 
-def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path, accelerator,
+def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: RunDir, accelerator,
                report: ReportFn | None = None, progress: ProgressFn | None = None,
                stop: threading.Event | None = None) -> dict:
     from accelerate.utils import set_seed
 
     from ..data import load_splits, make_splits, save_splits
 
+    out = run_dir.seed_dir(seed)
     out.mkdir(parents=True, exist_ok=True)
-    split_path = out / "splits.json"
+    split_path = run_dir.splits_path(seed)
     if cfg.resume and split_path.exists():
         splits = load_splits(split_path, index)
     else:
@@ -222,7 +177,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
     model = create_backbone(backbone, len(index.class_names), pretrained=cfg.pretrained, img_size=cfg.img_size)
     model = apply_method(model, cfg.method, **cfg.hparams)
     trainable, total = count_params(model)
-    train_dl, val_dl, test_dl = _loaders(cfg, index, cache, dcfg, splits, seed)
+    train_dl, val_dl, test_dl = build_loaders(cfg, index, cache, dcfg, splits, seed)
     # ---- BEGIN linear probe on cached features (trainer/features.py) ------------------------------------
     # The frozen backbone runs once per split (features cached on disk, reused by later epochs, seeds and
     # HPO trials); the loop below then trains and evaluates a HeadOnly view - the model's own head module -
@@ -237,14 +192,14 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
             model, train_dl, val_dl, test_dl = swap
     # ---- END linear probe on cached features -------------------------------------------------------------
     steps = len(train_dl) if cfg.max_steps_per_epoch is None else min(len(train_dl), cfg.max_steps_per_epoch)
-    opt = _optimizer(model, cfg)
-    sched = _scheduler(opt, cfg, steps)
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = build_scheduler(opt, cfg.epochs, steps, cfg.warmup_epochs)
     model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
     loss_fn = _loss_fn(index, cfg)
     plain = accelerator.unwrap_model(model) if full_model is None else full_model  # see the cached-feature branch
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
-    ckpt = out / "checkpoint"
-    best_path = out / "best.safetensors"
+    ckpt = run_dir.checkpoint_dir(seed)
+    best_path = run_dir.best_weights_path(seed)
     if cfg.resume and (ckpt / "state.json").exists():
         trainer_state, state = load_checkpoint(ckpt, plain)
         opt.load_state_dict(trainer_state["optimizer"])
@@ -271,15 +226,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
         for step, (x, y) in enumerate(bar):
             if step >= steps or (stopped() and n_batches):
                 break
-            opt.zero_grad(set_to_none=True)  # before the forward: last step's grads are not kept alive
-            with accelerator.autocast():
-                logits = model(x)
-            loss = loss_fn(logits.float(), y.float() if index.multilabel else y)
-            accelerator.backward(loss)
-            if cfg.grad_clip:
-                accelerator.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.grad_clip)
-            opt.step()
-            sched.step()
+            loss = train_step(model, x, y.float() if index.multilabel else y, loss_fn, opt, sched,
+                              grad_clip=cfg.grad_clip, accelerator=accelerator)
             total_loss += loss.item()
             n_batches += 1
             bar.set_postfix(loss=f"{total_loss / n_batches:.4f}")
@@ -302,7 +250,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         state["history"].append({"epoch": epoch, "train_loss": total_loss / max(1, n_batches),
-                                 **{k: v for k, v in val.items() if isinstance(v, float)}})
+                                 **{k: v for k, v in val.items() if isinstance(v, float)},
+                                 "auroc_per_class": val.get("auroc_per_class")})
         accelerator.print(f"[seed {seed}] epoch {epoch:3d}  train loss {total_loss / max(1, n_batches):.4f}  "
                           f"val {val['headline']} {score:.4f}  acc {val.get('accuracy', float('nan')):.4f}"
                           f"{'  *' if improved else ''}")
@@ -333,46 +282,32 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, out: Path,
             training={"seed": seed, "best_epoch": state["best_epoch"], "epochs": cfg.epochs, "lr": cfg.lr,
                       "batch_size": cfg.batch_size, "fraction": cfg.fraction,
                       "n_train": len(splits["train"]), "splits": "splits.json"})
-        save_adapter(plain, out / "adapter", acfg)
-        _atomic_json(out / "history.json", state["history"])
+        save_adapter(plain, run_dir.adapter_dir(seed), acfg)
+        run_dir.write_history(seed, state["history"])
     return {"seed": seed, "val": val_best, "test": test, "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"], "trainable_params": trainable, "total_params": total,
             "wall_time_s": wall, "peak_memory_bytes": peak,
             "split_sizes": {k: len(v) for k, v in splits.items()}}
 
 
-def summarise(cfg: TrainConfig, index, per_seed: list[dict], out: Path, wall: float) -> dict:
+def summarise(cfg: TrainConfig, index, per_seed: list[dict], run_dir: RunDir, wall: float) -> dict:
+    """The run's results.json contents (:meth:`trainer.run_dir.RunResults.create`): the adapter of the
+    seed with the best validation headline is the run's adapter."""
     best = max(per_seed, key=lambda r: headline(r["val"]))
-    return {
-        "kind": "medpeft-run",
-        "task": "multilabel" if index.multilabel else "classification",
-        "method": cfg.method,
-        "backbone": cfg.resolved_backbone(),
-        "dataset": cfg.dataset,
-        "fraction": cfg.fraction,
-        "n_train": per_seed[0]["split_sizes"]["train"],
-        "split_sizes": per_seed[0]["split_sizes"],
-        "seeds": [r["seed"] for r in per_seed],
-        "class_names": list(index.class_names),
-        "metrics": {"test": aggregate([r["test"] for r in per_seed]), "val": aggregate([r["val"] for r in per_seed])},
-        "headline": per_seed[0]["test"]["headline"],
-        "trainable_params": per_seed[0]["trainable_params"],
-        "total_params": per_seed[0]["total_params"],
-        "adapter_dir": f"seed_{best['seed']}/adapter",
-        "per_seed": per_seed,
-        "data_notes": list(getattr(index, "notes", [])),
-        "wall_time_s": wall,
-        "config": cfg.to_dict(),
-        "versions": {**library_versions(), "python": platform.python_version()},
-        "git_commit": git_commit(),
-    }
+    return RunResults.create(
+        cfg, task="multilabel" if index.multilabel else "classification", backbone=cfg.resolved_backbone(),
+        per_seed=per_seed, adapter_dir=run_dir.adapter_rel(best["seed"]),
+        metrics={"test": aggregate([r["test"] for r in per_seed]), "val": aggregate([r["val"] for r in per_seed])},
+        wall_time_s=wall, data_notes=list(getattr(index, "notes", [])) + [
+            n for r in per_seed for n in undefined_notes(r["test"], f"test split (seed {r['seed']})")],
+        class_names=list(index.class_names), headline=per_seed[0]["test"]["headline"]).data
 
 
 def format_summary(results: dict) -> str:
     t = results["metrics"]["test"]
     key = results["headline"]
     lines = [f"{results['method']} on {results['dataset']} ({results['backbone']}), seeds {results['seeds']}:"]
-    for k in (key, "accuracy", "balanced_accuracy", "auroc"):
+    for k in dict.fromkeys((key, "f1_macro", "accuracy", "balanced_accuracy", "auroc")):
         if k in t:
             lines.append(f"  test {k:18s} {100 * t[k]['mean']:6.2f} +- {100 * t[k]['std']:.2f}")
     tr, tot = results["trainable_params"], results["total_params"]

@@ -152,10 +152,11 @@ def make_batch(bench: Bench, size: int, family: str) -> tuple[torch.Tensor, torc
 
 def trainer_optimizer(model: nn.Module):
     """The trainer's own AdamW (trainable parameters only, decay on >= 2-D tensors)."""
-    from ..loops.classify import _optimizer
     from ..config import TrainConfig
+    from ..loops.optim import build_optimizer
 
-    return _optimizer(model, TrainConfig())
+    cfg = TrainConfig()
+    return build_optimizer(model, cfg.lr, cfg.weight_decay)
 
 
 def make_train_step(model: nn.Module, bench: Bench, x: torch.Tensor, y: torch.Tensor):
@@ -311,7 +312,7 @@ def child_main(spec: dict) -> list[dict]:
     Without, it measures its single method itself."""
     from adapters import create_backbone, family_of
 
-    from .. import classify  # noqa: F401 - imported before forking, like everything a method needs
+    from ..loops import classify  # noqa: F401 - imported before forking, like everything a method needs
 
     methods, steps, jobs = spec.pop("methods"), int(spec.pop("mem_steps")), int(spec.pop("jobs", 1))
     use_fork = spec.pop("fork", False) and hasattr(os, "fork")
@@ -668,7 +669,8 @@ def run_data_pipeline(args, bench: Bench) -> dict:
 
     from adapters import create_backbone, family_of
 
-    from ..loops.classify import _loaders, cache_size_for, model_data_config
+    from ..data.transforms import cache_size_for
+    from ..loops.classify import build_loaders, model_data_config
     from ..config import TrainConfig
 
     method = (args.methods or ["lora"])[0]
@@ -693,7 +695,7 @@ def run_data_pipeline(args, bench: Bench) -> dict:
         cache = np.load(path, mmap_mode="r")
         index = types.SimpleNamespace(labels=np.arange(n, dtype=np.int64) % bench.num_classes)
         splits = {"train": np.arange(n), "val": np.arange(1), "test": np.arange(1)}
-        train_dl, _, _ = _loaders(cfg, index, cache, dcfg, splits, seed=0)
+        train_dl, _, _ = build_loaders(cfg, index, cache, dcfg, splits, seed=0)
         batches = max(2, args.loader_batches)
         print(f"loader: {args.workers} workers, cache {n} x {side}px -> {dcfg['input_size'][-1]}px, "
               f"batch {bench.batch_size}, timing {batches} batches ...", flush=True)

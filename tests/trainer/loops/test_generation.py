@@ -22,6 +22,7 @@ UNET_METHODS = sorted(m for m, spec in METHODS.items() if "unet" in spec.familie
 
 # The test's own oracle of what each method trains, by parameter name.
 ATTN = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$")
+BLOCK = re.compile(r"(^|\.)attentions\.\d+\.")  # every tensor of a Transformer2DModel block
 NORM = re.compile(r"(^|\.)(norm\d*|conv_norm_out)\.(weight|bias)$")
 
 
@@ -36,6 +37,8 @@ EXPECTED = {
     "norm": lambda n: NORM.search(n) is not None,
     "bias_norm": lambda n: _bias(n) or NORM.search(n) is not None,
     "bias_norm_attention": lambda n: _bias(n) or NORM.search(n) is not None or ATTN.search(n) is not None,
+    "attention_blocks": lambda n: BLOCK.search(n) is not None,
+    "bias_norm_attention_blocks": lambda n: _bias(n) or NORM.search(n) is not None or BLOCK.search(n) is not None,
     "lora": lambda n: re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.lora_[AB]\.default\.weight$", n) is not None,
     "svdiff": lambda n: n.endswith(".delta"),
     "difffit": lambda n: _bias(n) or NORM.search(n) is not None or n.endswith(".difffit_gamma"),
@@ -63,14 +66,14 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, _tokenizer_cache):
-    from trainer.loops.generate import make_tiny_pipeline
+    from trainer.diffusion import make_tiny_pipeline
 
     return make_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe")
 
 
 @pytest.fixture(scope="module")
 def parts(tiny_dir):
-    from trainer.loops.generate import load_components
+    from trainer.diffusion import load_components
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -87,7 +90,7 @@ def reports():
 @pytest.fixture(scope="module")
 def fixed(parts, reports):
     """One fixed batch (synthetic images, real IU report prompts) with fixed noise and timesteps."""
-    from trainer.loops.generate import encode_images, encode_prompts
+    from trainer.diffusion import encode_images, encode_prompts
 
     g = torch.Generator().manual_seed(0)
     small = torch.rand(4, 1, 8, 8, generator=g)
@@ -113,7 +116,7 @@ def predict(unet, parts, fixed) -> torch.Tensor:
 
 
 def loss_of(unet, parts, fixed) -> float:
-    from trainer.loops.generate import diffusion_loss
+    from trainer.diffusion import diffusion_loss
 
     with torch.no_grad():
         return diffusion_loss(unet, parts["noise_scheduler"], fixed["latents"], fixed["hidden"], fixed["noise"],
@@ -121,7 +124,7 @@ def loss_of(unet, parts, fixed) -> float:
 
 
 def train_fixed(unet, parts, fixed, steps: int, lr: float):
-    from trainer.loops.generate import diffusion_loss
+    from trainer.diffusion import diffusion_loss
 
     opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     unet.train()
@@ -141,7 +144,8 @@ def image_array(img: Image.Image) -> np.ndarray:
 # ------------------------------------------------------------------------------------ U-Net methods
 def test_unet_methods_registered():
     assert set(UNET_METHODS) == set(EXPECTED), "every U-Net method needs an oracle in EXPECTED"
-    for name in ("norm", "bias_norm", "bias_norm_attention", "svdiff", "difffit"):
+    for name in ("norm", "bias_norm", "bias_norm_attention", "attention_blocks", "bias_norm_attention_blocks",
+                 "svdiff", "difffit"):
         assert METHODS[name].families == ("unet",)
     for name in ("full", "bias", "attention", "lora"):  # shared with the classifiers
         assert "unet" in METHODS[name].families and {"vit", "cnn"} & set(METHODS[name].families)
@@ -175,7 +179,7 @@ def test_train_save_load_merge(name, tiny_dir, parts, fixed, tmp_path):
     """20 steps on one fixed batch reduce the loss on the same fixed noise; save -> load (onto a fresh base)
     gives the same noise prediction and the same image for the same seed; merge keeps the outputs and
     leaves the plain U-Net architecture."""
-    from trainer.loops.generate import build_pipeline, load_generation_pipeline, sample
+    from trainer.diffusion import build_pipeline, load_generation_pipeline, sample
 
     base_modules = [type(m).__name__ for m in fresh_unet(tiny_dir).modules()]
     base_count = sum(p.numel() for p in fresh_unet(tiny_dir).parameters())
@@ -215,7 +219,7 @@ def test_lora_loads_with_stock_diffusers(tiny_dir, parts, fixed, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     from adapters.unet_lora import DIFFUSERS_LORA_NAME
-    from trainer.loops.generate import build_pipeline, sample
+    from trainer.diffusion import build_pipeline, sample
 
     unet = apply_method(fresh_unet(tiny_dir), "lora", rank=4, alpha=8)
     assert unet.peft_config["default"].r == 4
@@ -501,7 +505,7 @@ def test_fid_command_line(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------ sampling, bad input
 def test_sampling_and_bad_input(tiny_dir, tmp_path):
-    from trainer.loops.generate import GenerationError, load_generation_pipeline, sample
+    from trainer.diffusion import GenerationError, load_generation_pipeline, sample
 
     pipe = load_generation_pipeline(str(tiny_dir))
     a = sample(pipe, "No acute cardiopulmonary abnormality.", steps=2, guidance=7.5, seed=0)
@@ -532,7 +536,7 @@ def test_sampling_and_bad_input(tiny_dir, tmp_path):
 def test_folder_without_tokenizer_uses_offline_clip(tiny_dir, tmp_path):
     import shutil
 
-    from trainer.loops.generate import load_generation_pipeline, sample
+    from trainer.diffusion import load_generation_pipeline, sample
 
     copy_dir = tmp_path / "no-tok"
     shutil.copytree(tiny_dir, copy_dir)
@@ -593,7 +597,8 @@ def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
 
 def test_run_mixed_precision_ema_checkpointing(tiny_dir, csv_data, tmp_path):
     """bf16 autocast with fp32 trainable tensors, EMA and gradient checkpointing (svdiff)."""
-    from trainer.loops.generate import load_generation_pipeline, run, sample
+    from trainer.diffusion import load_generation_pipeline, sample
+    from trainer.loops.generate import run
 
     out = tmp_path / "bf16"
     results = run(_cfg(tiny_dir, csv_data, out, method="svdiff", mixed_precision="bf16", ema=True,
@@ -608,7 +613,7 @@ def test_run_bad_config(tiny_dir, csv_data, tmp_path):
 
     with pytest.raises(ConfigError, match="no base model"):
         run(_cfg(tiny_dir, csv_data, tmp_path / "a", base_model=None))
-    with pytest.raises(ConfigError, match="does not apply to the U-Net"):
+    with pytest.raises(ConfigError, match="does not apply to the (Stable Diffusion )?U-Net"):
         run(_cfg(tiny_dir, csv_data, tmp_path / "b", method="ssf"))
     with pytest.raises(DataError, match="no CSV"):
         run(_cfg(tiny_dir, csv_data, tmp_path / "c", data_dir=str(tmp_path / "nowhere")))

@@ -12,7 +12,7 @@ from pathlib import Path
 from adapters.backbones import TINY_VIT
 from trainer.study.perf import main as perf_main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _env() -> dict:

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from trainer.study import plots as P
 from trainer.study import results as R
 
 
@@ -48,8 +49,8 @@ def test_helpers():
     assert R.parse_param_count("343K") == pytest.approx(343e3)
     assert math.isnan(R.parse_param_count(""))
     assert R.format_params(1040) == "1.04K" and R.format_params(23_500_000) == "23.5M"
-    assert R.pareto_front([(1, 0.5), (2, 0.4), (3, 0.7), (4, 0.7), (10, 0.9)]) == [(1, 0.5), (3, 0.7), (10, 0.9)]
-    assert R.pareto_front([(1, 30.0), (2, 10.0), (3, 20.0)], higher_is_better=False) == [(1, 30.0), (2, 10.0)]
+    assert P.pareto_front([(1, 0.5), (2, 0.4), (3, 0.7), (4, 0.7), (10, 0.9)]) == [(1, 0.5), (3, 0.7), (10, 0.9)]
+    assert P.pareto_front([(1, 30.0), (2, 10.0), (3, 20.0)], higher_is_better=False) == [(1, 30.0), (2, 10.0)]
 
 
 def test_average_ranks_on_a_hand_checked_subset(ref):
@@ -119,10 +120,10 @@ def test_local_rows_read_results_json_and_ignore_others(tmp_path, caplog):
     s = R.summary(both)
     loc = s[s["source"] == "local"].set_index("method")
     assert loc.loc["ssf", "average rank"] == 1.0 and loc.loc["full", "average rank"] == 2.0
-    fig = R.pareto_plot(both)
+    fig = P.pareto_plot(both)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert {"ssf", "full", "Pareto front", "resnet50 (local)", "resnet50 (paper)"} <= set(labels)
-    assert R.data_volume_plot(both) is None  # every fraction is 1.0
+    assert P.data_volume_plot(both) is None  # every fraction is 1.0
 
 
 def test_data_volume_plot_when_fractions_vary(tmp_path):
@@ -130,18 +131,18 @@ def test_data_volume_plot_when_fractions_vary(tmp_path):
         _write_run(tmp_path / f"lora_{frac}", "lora", f1, 0.01, 5000, fraction=frac)
     local = R.local_rows(tmp_path)
     assert sorted(local["fraction"]) == [0.1, 0.5, 1.0]
-    fig = R.data_volume_plot(local)
+    fig = P.data_volume_plot(local)
     assert fig is not None
     (line,) = fig.axes[0].get_lines()
     assert list(line.get_xdata()) == [0.1, 0.5, 1.0] and list(line.get_ydata()) == pytest.approx([70, 80, 85])
     fig.savefig(tmp_path / "volume.png")
     # The Pareto plot uses the full training set only (one point per method at fraction 1.0).
-    ax = R.pareto_plot(local).axes[0]
+    ax = P.pareto_plot(local).axes[0]
     (points,) = ax.collections
     assert [tuple(p) for p in points.get_offsets()] == [(5000.0, pytest.approx(85.0))]
     # The paper's Table 4 has two training-set sizes: a data-volume plot and summary rows for each.
     gen = R.reference_rows()[lambda d: d["task"] == "generation"]
-    assert R.data_volume_plot(gen) is not None
+    assert P.data_volume_plot(gen) is not None
     s = R.summary(gen)
     assert len(s) == 16 and sorted(set(s["fraction"])) == ["0.1", "1"]
     best = s[s["fraction"] == "0.1"].iloc[0]
@@ -155,7 +156,7 @@ def test_generation_rows_and_filters(tmp_path, ref):
     assert len(gen) == 3 and set(gen["metric"]) == {"fid"}
     board = R.leaderboard(gen)
     assert "12.50 ± 0.40" in set(board["mean ± std"]) and set(board["metric"]) == {"FID"}
-    fig = R.pareto_plot(R.filter_rows(df, task="generation"))
+    fig = P.pareto_plot(R.filter_rows(df, task="generation"))
     assert "lower is better" in fig.axes[0].get_ylabel()
     assert len(R.filter_rows(df, source=[])) == len(df)  # an empty filter keeps everything
     assert R.leaderboard(R.filter_rows(df, dataset="nope")).empty

@@ -1,0 +1,118 @@
+"""Text-to-image for the app: Stable Diffusion pipelines (``trainer.diffusion``) cached per (base, adapter),
+and real report texts as example prompts."""
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .store import InferenceError
+
+
+class Generator:
+    """Text-to-image with :mod:`trainer.diffusion`; pipelines cached per (base, adapter)."""
+
+    def __init__(self, device: str | None = None, max_pipelines: int = 1):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.max_pipelines = max_pipelines
+        self._lock = threading.Lock()
+        self._pipes: OrderedDict[tuple, Any] = OrderedDict()
+
+    @staticmethod
+    def module():
+        """:mod:`trainer.diffusion` (``load_generation_pipeline``, ``sample``), looked up at call time."""
+        from .. import diffusion
+
+        return diffusion
+
+    @staticmethod
+    def check_base(base: str) -> str:
+        base = (base or "").strip()
+        if not base:
+            raise InferenceError("no generation model: enter a Stable Diffusion pipeline (a Hugging Face Hub id "
+                                 "such as an SD 1.5 repo, or a local folder saved with save_pretrained), or set "
+                                 "MEDPEFT_SD_BASE before starting the app")
+        path = Path(base).expanduser()
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise InferenceError(f"{base} is a folder but not a diffusers pipeline (model_index.json missing)")
+            return str(path)
+        if base.startswith((".", "/", "~")) or not re.fullmatch(r"[\w\-][\w.\-]*/[\w.\-]+", base):
+            raise InferenceError(f"generation model {base!r} not found: it is neither a local folder nor a Hub id "
+                                 "(owner/name)")
+        try:
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(repo_id=base, allow_patterns=["model_index.json"])
+        except Exception as e:
+            raise InferenceError(f"generation model {base!r} is not available: the Hugging Face Hub could not be "
+                                 f"reached and it is not in the local cache ({type(e).__name__}). Offline, use a "
+                                 "local pipeline folder.") from e
+        return base
+
+    def pipeline(self, base: str, adapter_dir: str | None):
+        gen = self.module()
+        base = self.check_base(base)
+        key = (base, str(adapter_dir) if adapter_dir else None)
+        with self._lock:
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key], gen
+            try:
+                pipe = gen.load_generation_pipeline(base, adapter_dir=adapter_dir, device=self.device)
+            except InferenceError:
+                raise
+            except Exception as e:
+                raise InferenceError(f"could not load the generation pipeline {base!r}"
+                                     + (f" with adapter {Path(adapter_dir).name}" if adapter_dir else "")
+                                     + f": {type(e).__name__}: {e}") from e
+            self._pipes[key] = pipe
+            while len(self._pipes) > self.max_pipelines:
+                self._pipes.popitem(last=False)
+            return pipe, gen
+
+    def generate(self, prompt: str, base: str, adapter_dir: str | None = None, steps: int = 25,
+                 guidance: float = 7.5, seed: int = 0) -> Image.Image:
+        prompt = (prompt or "").strip()
+        if not prompt:
+            raise InferenceError("enter a report text (prompt) to generate an image from")
+        pipe, gen = self.pipeline(base, adapter_dir)
+        with self._lock:  # one generation at a time per process: pipelines are large and not re-entrant
+            try:
+                image = gen.sample(pipe, prompt, int(steps), float(guidance), int(seed))
+            except Exception as e:
+                raise InferenceError(f"generation failed: {type(e).__name__}: {e}") from e
+        if not isinstance(image, Image.Image):
+            raise InferenceError("the generation pipeline returned no image")
+        return image
+
+
+def example_reports(n: int = 6, max_chars: int = 200) -> tuple[list[str], str | None]:
+    """Up to ``n`` real IU X-ray report texts (the paper's prompt: impression, else findings) for
+    examples, at most two of them normal studies, and a message when they are unavailable."""
+    try:
+        from ..data.text2img import iu_reports
+
+        reports = iu_reports()
+    except Exception as e:
+        return [], f"trainer.data.text2img.iu_reports() failed ({type(e).__name__}: {e})"
+    out, seen, normal = [], set(), 0
+    for r in reports:
+        text = " ".join(str(r.get("impression") or r.get("findings") or "").split())
+        low = text.lower()
+        if not 25 <= len(text) <= max_chars or "xxxx" in low or low in seen:  # XXXX: de-identified words
+            continue
+        is_normal = low.startswith(("no acute", "normal", "negative", "no active", "no evidence")) or "no acute" in low
+        if is_normal and normal >= 2:
+            continue
+        normal += is_normal
+        seen.add(low)
+        out.append(text)
+        if len(out) >= n:
+            break
+    return out, None if out else "no usable report texts found"

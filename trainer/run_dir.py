@@ -1,0 +1,234 @@
+"""A run's folder and its ``results.json``: the only code that lays them out, writes and reads them.
+
+    run = RunDir.prepare(cfg)                 # refuses a finished run unless --overwrite / --resume
+    run.save_config(cfg)                      # <run>/config.yaml
+    run.seed_dir(0)                           # <run>/seed_0/ (splits.json, history.json, checkpoint/, adapter/)
+    results = RunResults.create(cfg, task=..., backbone=..., per_seed=[...], adapter_dir=run.adapter_rel(0), ...)
+    run.write_results(results)                # <run>/results.json, atomic, written last
+    RunResults.read(run.root).adapter_path   # the best seed's adapter folder
+
+Layout::
+
+    <run>/config.yaml                the resolved configuration
+    <run>/seed_<k>/splits.json       the exact split (classification)
+    <run>/seed_<k>/history.json      per-epoch loss and validation metrics
+    <run>/seed_<k>/checkpoint/       the last checkpoint, for --resume (trainer.loops.checkpoint)
+    <run>/seed_<k>/adapter/          the adapter folder (adapters.io format)
+    <run>/results.json               written last: metrics over seeds, params, versions
+
+A generation run with one seed keeps its seed's files in ``<run>/`` itself (``flat=True``), as it always did.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import ConfigError
+
+RESULTS_NAME = "results.json"
+CONFIG_NAME = "config.yaml"
+RUN_KIND = "medpeft-run"
+"""``results.json``'s ``"kind"``: what tells a MedPEFT run from any other results.json."""
+
+
+class RunExistsError(ConfigError):
+    """The output folder already holds a finished run (and neither overwrite nor resume was asked)."""
+
+
+class ResultsError(ValueError):
+    """A ``results.json`` cannot be read (missing, not JSON, not an object); the message names the file."""
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
+    """Write ``data`` as indented JSON to ``path`` through a temporary file in the same folder and
+    ``os.replace``: readers see the old file or the new one, never half of one. The file is created
+    with ``open`` (mode 0666 minus the umask), like any other file the user writes."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=2, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def git_commit() -> str | None:
+    """The project's git commit (``None`` outside a checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+@dataclass
+class RunResults:
+    """The contents of a run's ``results.json`` (``data``, a plain dict) and where it lies."""
+
+    data: dict
+    path: Path | None = None
+
+    @classmethod
+    def create(cls, cfg, *, task: str, backbone: str, per_seed: list[dict], adapter_dir: str,
+               metrics: dict, wall_time_s: float, data_notes: Iterable[str] = (), **extra: Any) -> "RunResults":
+        """The record every run writes: what ran (method, backbone, dataset, fraction, seeds, the full
+        config), the metrics over seeds, parameter counts, the best adapter's folder (relative to the
+        run), per-seed details, library versions and the git commit. ``extra`` adds task-specific keys
+        (e.g. ``class_names``, ``headline``, ``base_model``)."""
+        from adapters.io import library_versions
+
+        first = per_seed[0]
+        data = {
+            "kind": RUN_KIND, "task": task, "method": cfg.method, "backbone": backbone, **extra,
+            "dataset": cfg.dataset, "fraction": cfg.fraction,
+            "n_train": first["split_sizes"]["train"], "split_sizes": first["split_sizes"],
+            "seeds": [r["seed"] for r in per_seed], "metrics": metrics,
+            "trainable_params": first["trainable_params"], "total_params": first["total_params"],
+            "adapter_dir": adapter_dir, "per_seed": per_seed, "data_notes": list(data_notes),
+            "wall_time_s": wall_time_s, "config": cfg.to_dict(),
+            "versions": {**library_versions(), "python": platform.python_version()}, "git_commit": git_commit(),
+        }
+        return cls(data)
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "RunResults":
+        """The ``results.json`` at ``path`` (a file, or a run folder holding one). Raises
+        :class:`ResultsError` when it cannot be read as a JSON object; check :attr:`is_run` to know
+        whether it is a MedPEFT run."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / RESULTS_NAME
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ResultsError(f"{path}: not readable JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ResultsError(f"{path}: not a JSON object")
+        return cls(data, path)
+
+    @classmethod
+    def of_adapter(cls, folder: str | os.PathLike) -> "RunResults | None":
+        """The results of the run whose best adapter is ``folder`` (``<run>/seed_N/adapter`` or
+        ``<run>/adapter``); ``None`` when the folder is not a run's ``adapter_dir``."""
+        folder = Path(folder).resolve()
+        for parent in list(folder.parents)[:3]:
+            if (parent / RESULTS_NAME).is_file():
+                try:
+                    found = cls.read(parent)
+                except ResultsError:
+                    return None
+                return found if found.adapter_path == folder else None
+        return None
+
+    @property
+    def is_run(self) -> bool:
+        return self.data.get("kind") == RUN_KIND
+
+    @property
+    def run_dir(self) -> Path | None:
+        return self.path.parent if self.path is not None else None
+
+    @property
+    def adapter_path(self) -> Path | None:
+        """The best seed's adapter folder (absolute), from ``adapter_dir``."""
+        if self.run_dir is None:
+            return None
+        return (self.run_dir / str(self.data.get("adapter_dir", ""))).resolve()
+
+    def write(self, folder: str | os.PathLike) -> Path:
+        """``<folder>/results.json``, atomically; sets :attr:`path`."""
+        self.path = write_json_atomic(Path(folder) / RESULTS_NAME, self.data)
+        return self.path
+
+
+class RunDir:
+    """The folder of one run. ``flat``: a single seed keeps its files in the run folder itself
+    (generation runs); otherwise (and always with several seeds) each seed has ``seed_<k>/``."""
+
+    def __init__(self, root: str | os.PathLike, seeds: Iterable[int] = (0,), flat: bool = False):
+        self.root = Path(root)
+        self.seeds = list(seeds)
+        self.flat = bool(flat) and len(self.seeds) == 1
+
+    @classmethod
+    def prepare(cls, cfg, flat: bool = False) -> "RunDir":
+        """The run folder of ``cfg.output_dir``, created; :class:`RunExistsError` when it holds a finished
+        run (``results.json``) and neither ``cfg.overwrite`` nor ``cfg.resume`` is set."""
+        run = cls.check_can_start(cfg, flat=flat)
+        run.root.mkdir(parents=True, exist_ok=True)
+        return run
+
+    @classmethod
+    def check_can_start(cls, cfg, flat: bool = False) -> "RunDir":
+        """The run folder of ``cfg.output_dir``, not created; :class:`RunExistsError` when it holds a
+        finished run (``results.json``) and neither ``cfg.overwrite`` nor ``cfg.resume`` is set."""
+        run = cls(cfg.output_dir, cfg.seeds, flat=flat)
+        if run.finished and not (cfg.overwrite or cfg.resume):
+            raise RunExistsError(f"{run.root} already holds a finished run ({RESULTS_NAME}). Use --overwrite to "
+                                 f"replace it or choose another --output-dir")
+        return run
+
+    # -- paths
+    @property
+    def results_path(self) -> Path:
+        return self.root / RESULTS_NAME
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def finished(self) -> bool:
+        return self.results_path.exists()
+
+    def seed_dir(self, seed: int) -> Path:
+        return self.root if self.flat else self.root / f"seed_{seed}"
+
+    def adapter_rel(self, seed: int) -> str:
+        """The adapter folder of ``seed`` relative to the run (results.json's ``adapter_dir``)."""
+        return "adapter" if self.flat else f"seed_{seed}/adapter"
+
+    def adapter_dir(self, seed: int) -> Path:
+        return self.root / self.adapter_rel(seed)
+
+    def checkpoint_dir(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "checkpoint"
+
+    def splits_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "splits.json"
+
+    def history_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / "history.json"
+
+    def best_weights_path(self, seed: int) -> Path:
+        """The best-validation adapter tensors so far (classification; tested once at the end)."""
+        return self.seed_dir(seed) / "best.safetensors"
+
+    # -- writing
+    def save_config(self, cfg) -> Path:
+        cfg.save(self.config_path)
+        return self.config_path
+
+    def write_history(self, seed: int, history: list[dict]) -> Path:
+        return write_json_atomic(self.history_path(seed), history)
+
+    def write_results(self, results: RunResults | dict) -> Path:
+        """``results.json``, atomically (written last: its presence marks the run finished)."""
+        results = results if isinstance(results, RunResults) else RunResults(results)
+        return results.write(self.root)
+
+    def read_results(self) -> RunResults:
+        return RunResults.read(self.results_path)
+
+    def push(self, results: dict, repo_id: str, private: bool = True) -> str:
+        """Upload the best adapter (``results["adapter_dir"]``) with a model card built from ``results``."""
+        from .hub import push_adapter
+
+        return push_adapter(self.root / results["adapter_dir"], repo_id, private=private, results=results)
