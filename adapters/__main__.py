@@ -4,6 +4,7 @@
     python -m adapters list --backbone resnet50 --num-classes 3  # trainable counts on that backbone
     python -m adapters list --backbone vit_base_patch16_224 --num-classes 3 --json
     python -m adapters list --unet tiny                          # U-Net methods (needs adapters.unet)
+    python -m adapters convert-checkpoint MRM.pth MRM.safetensors  # a foundation checkpoint's tensors only
 
 The backbone is built once with random weights (nothing is downloaded); each method is applied
 to a deep copy, counted, and merged to check whether it folds into this backbone. The paper's
@@ -76,11 +77,12 @@ def read_reported(path: Path | None, backbone: str) -> dict[str, str]:
 def survey(model, methods, reported: dict[str, str]) -> list[dict[str, Any]]:
     """Apply each method to a copy of ``model``; count, and try merging."""
     rows = []
+    family = family_of(model)
     for method in methods:
+        paper = method.paper_row(family)
         row: dict[str, Any] = {"method": method.name, "trainable": None, "total": None, "percent": None,
                                "mergeable": False, "peft": method.peft, "identity_at_init": method.identity_at_init,
-                               "paper_name": method.paper_name,
-                               "reported": reported.get(method.paper_name or method.name)}
+                               "paper_name": paper, "reported": reported.get(paper) if paper else None}
         try:
             adapted = apply_method(copy.deepcopy(model), method.name)
         except (MethodError, ValueError, TypeError) as e:
@@ -187,7 +189,21 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="machine-readable output")
     ls.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE,
                     help="CSV of the paper's reported numbers (default: trainer/reference/dutt2024_reported.csv)")
+    cv = sub.add_parser("convert-checkpoint", help="write the tensors of a .pth checkpoint (read with "
+                        "weights_only=True) to .safetensors")
+    cv.add_argument("src", type=Path, help="checkpoint: MAE-style .pth, state dict, .safetensors")
+    cv.add_argument("dst", type=Path, help="output .safetensors file")
     return p
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .checkpoints import CheckpointError, convert_checkpoint
+
+    try:
+        n = convert_checkpoint(args.src, args.dst)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    print(f"wrote {n} tensors to {args.dst}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             cmd_list(args)
+        elif args.command == "convert-checkpoint":
+            cmd_convert(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

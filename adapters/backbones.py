@@ -7,6 +7,11 @@ machine with no Hub access.
 
 Any other name goes to ``timm.create_model`` (e.g. ``vit_base_patch16_224.augreg2_in21k_ft_in1k``,
 ``resnet50.a1_in1k``), downloading from the Hub when ``pretrained=True``.
+
+``init_checkpoint``: a foundation checkpoint (MAE-style ``.pth``, state dict, ``.safetensors``, Hub id)
+loaded into the architecture instead of timm's weights (:mod:`adapters.checkpoints`); the load report is
+kept on the model as ``medpeft_init_report``. ViTs initialised so default to MAE fine-tuning's pooling:
+the average of the patch tokens followed by ``fc_norm`` (timm ``global_pool="avg"``, ``fc_norm=True``).
 """
 from __future__ import annotations
 
@@ -63,10 +68,50 @@ def offline_lite0_state() -> dict[str, torch.Tensor]:
 
 
 def create_backbone(name: str, num_classes: int, pretrained: bool = True, img_size: int | None = None,
-                    **kwargs: Any) -> nn.Module:
-    """A timm model with a fresh ``num_classes`` head (``num_classes=0``: no head)."""
-    if img_size is not None and _is_vit_name(name):
+                    init_checkpoint: str | None = None, global_pool: str | None = None,
+                    fc_norm: bool | None = None, drop_path_rate: float | None = None, **kwargs: Any) -> nn.Module:
+    """A timm model with a fresh ``num_classes`` head (``num_classes=0``: no head).
+
+    ``init_checkpoint``: weights from this foundation checkpoint instead of timm's (``pretrained=False``
+    then means random weights: the checkpoint is not read). ``global_pool`` / ``fc_norm`` (ViT) and
+    ``drop_path_rate`` go to timm; ``None`` keeps timm's default, except that a ViT with an
+    ``init_checkpoint`` pools as MAE fine-tuning (``global_pool="avg"``, ``fc_norm=True``).
+    """
+    vit = _is_vit_name(name)
+    if img_size is not None and vit:
         kwargs["img_size"] = img_size
+    if vit:
+        pool, norm = pooling(name, init_checkpoint, global_pool, fc_norm)
+        if pool is not None:
+            kwargs["global_pool"] = pool
+        if norm is not None:
+            kwargs["fc_norm"] = norm
+    elif global_pool is not None or fc_norm is not None:
+        raise BackboneError(f"global_pool / fc_norm are ViT options; {name!r} is not a ViT")
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    if init_checkpoint is not None:
+        model = _create(name, num_classes, pretrained=False, **kwargs)
+        model.medpeft_init_report = None
+        if pretrained:
+            from .checkpoints import load_init_checkpoint
+
+            model.medpeft_init_report = load_init_checkpoint(model, init_checkpoint)
+        return model
+    return _create(name, num_classes, pretrained=pretrained, **kwargs)
+
+
+def pooling(name: str, init_checkpoint: str | None = None, global_pool: str | None = None,
+            fc_norm: bool | None = None) -> tuple[str | None, bool | None]:
+    """The (global_pool, fc_norm) a ViT is built with (``None``: timm's default)."""
+    if not _is_vit_name(name):
+        return None, None
+    if init_checkpoint is not None and global_pool is None:
+        global_pool, fc_norm = "avg", (True if fc_norm is None else fc_norm)
+    return global_pool, fc_norm
+
+
+def _create(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     if name == OFFLINE_LITE0:
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000, **kwargs)
         if pretrained:
@@ -88,7 +133,13 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, img_si
 
 
 def _is_vit_name(name: str) -> bool:
-    return name.split(".")[0].startswith(("vit_", "deit"))
+    return name.split(".")[0].startswith(("vit_", "deit")) or name == TINY_VIT
+
+
+def backbone_family(name: str | None) -> str:
+    """``vit`` or ``cnn`` from a backbone's name, before it is created: ``vit`` for timm
+    VisionTransformer names (vit_*, deit*, also as ``hf-hub:org/vit_...``) and the tiny test ViT."""
+    return "vit" if _is_vit_name((name or "").strip().split("/")[-1].split(":")[-1]) else "cnn"
 
 
 def data_config(model: nn.Module) -> dict[str, Any]:

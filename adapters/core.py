@@ -173,6 +173,17 @@ def bias_param(_m: str, _mod: nn.Module, pname: str) -> bool:
     return pname == "bias"
 
 
+def merge_selective(model: nn.Module) -> nn.Module:
+    """The merge of a selective method (one that trains a subset of the backbone's own tensors and adds
+    nothing): the trained tensors already are the backbone's weights, so the merged model is the backbone."""
+    return unwrap(model)
+
+
+def is_depthwise_conv(module: nn.Module) -> bool:
+    """A grouped Conv2d with one input channel per group (MobileNet/EfficientNet/ConvNeXt ``conv_dw``)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
 @torch.no_grad()
 def copy_params(dst: nn.Module, src: nn.Module) -> None:
     dst.load_state_dict(src.state_dict())

@@ -50,6 +50,12 @@ class AdapterConfig:
     task: str = "classification"  # classification | multilabel | generation
     data_config: dict[str, Any] | None = None  # timm eval preprocessing (input_size, mean, std, ...)
     img_size: int | None = None  # a ViT built at a non-default resolution
+    # Foundation checkpoint the backbone was initialised from (path, hf-hub:org/name/file or org/name; see
+    # adapters.checkpoints) and what loading it did; the ViT pooling the model was built with (None: timm's).
+    init_checkpoint: str | None = None
+    init_report: dict[str, Any] | None = None
+    global_pool: str | None = None
+    fc_norm: bool | None = None
     grayscale: str = "replicate"  # how 1-channel images become 3 channels
     dataset: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -190,18 +196,28 @@ def load_adapter_weights(model: nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pretrained: bool = True,
-                 ) -> tuple[nn.Module, AdapterConfig]:
+                 init_checkpoint: str | None = None) -> tuple[nn.Module, AdapterConfig]:
     """Rebuild base + method from ``folder`` and restore its tensors.
 
     ``model``: a base model to apply the adapter to (e.g. a U-Net from a pipeline, or a cached
-    backbone); by default the backbone is created from the config (``pretrained`` weights).
+    backbone); by default the backbone is created from the config (``pretrained`` weights; the
+    config's foundation checkpoint where it names one, or ``init_checkpoint`` where that file now lives).
     """
     folder = Path(folder)
     config = read_config(folder)
     if model is None:
         from .backbones import create_backbone
+        from .checkpoints import CheckpointError
 
-        model = create_backbone(config.backbone, config.num_classes, pretrained=pretrained, img_size=config.img_size)
+        source = init_checkpoint or config.init_checkpoint
+        try:
+            model = create_backbone(config.backbone, config.num_classes, pretrained=pretrained,
+                                    img_size=config.img_size, init_checkpoint=source,
+                                    global_pool=config.global_pool, fc_norm=config.fc_norm)
+        except CheckpointError as e:
+            raise MethodError(f"{folder.name}: the backbone was initialised from the foundation checkpoint "
+                              f"{source}, needed to rebuild it: {e} (pass init_checkpoint= where the file "
+                              f"is now)") from None
     model = apply_method(model, config.method, **config.hparams)
     load_adapter_weights(model, folder / WEIGHTS_NAME)
     model.eval()
@@ -241,6 +257,16 @@ def model_card(config: AdapterConfig) -> str:
         f"- task: {config.task}; classes: {', '.join(config.class_names) or config.num_classes}",
         f"- hyper-parameters: `{json.dumps(config.hparams, sort_keys=True)}`",
     ]
+    if config.init_checkpoint:
+        report = config.init_report or {}
+        body.append(f"- backbone initialised from the foundation checkpoint `{config.init_checkpoint}`"
+                    + (f" ({report.get('loaded')} tensors; missing {report.get('missing')}, unexpected "
+                       f"{report.get('unexpected')})" if report else ""))
+    if config.global_pool is not None:
+        body.append(f"- pooling: global_pool={config.global_pool}, fc_norm={config.fc_norm}")
+    if config.data_config:
+        body.append(f"- preprocessing: mean {config.data_config.get('mean')}, std {config.data_config.get('std')}, "
+                    f"input {config.data_config.get('input_size')}, grayscale {config.grayscale}")
     if config.training:
         body.append(f"- training: `{json.dumps(config.training, sort_keys=True, default=str)}`")
     if config.metrics:

@@ -14,23 +14,36 @@ Hyper-parameters: ``rank=8``, ``alpha=8`` (peft ``lora_alpha``; scaling alpha/ra
 ``dropout=0.0`` (on the LoRA branch input) and ``targets``:
 
 =============  =======================================================================================
-``auto``       (default) ``qkv`` on a ViT, ``conv`` on a CNN
-``qkv``        every ``blocks.*.attn.qkv`` (timm's fused q/k/v Linear): a peft folder that loads with
-               plain ``PeftModel.from_pretrained(timm_model, folder)``
-``qv``         q and v only, as in the LoRA paper. timm fuses q, k, v into one Linear, so each
-               ``attn.qkv`` is first split (:func:`split_qkv`) into a :class:`SplitQKV` holding
-               separate ``q``, ``k``, ``v`` Linears (same outputs); LoRA goes on ``qkv.q`` and
-               ``qkv.v``. Plain ``PeftModel.from_pretrained`` then needs a base with the same split:
-               ``PeftModel.from_pretrained(split_qkv(timm_model), folder)``. Merging re-fuses each
-               split into a plain ``qkv`` Linear (:func:`fuse_qkv`): the merged model is plain timm.
-``attn``       ``qkv`` and ``attn.proj``
-``all_linear`` every Linear inside ``blocks`` (qkv, proj, mlp fc1/fc2)
-``conv``       (CNN) every ungrouped Conv2d with a kernel larger than 1x1 (stem, 3x3 convs)
-``all_conv``   (CNN) every ungrouped Conv2d (1x1 too)
+``auto``       (default) ``qv`` on a ViT, ``conv`` on a CNN
+``qv``         (ViT) W_q and W_v only, as the LoRA paper (Sec. 7.1), Dutt et al. 2024 and MED-PEFT do.
+               timm fuses q, k, v into one Linear, so each ``attn.qkv`` is first split
+               (:func:`split_qkv`) into a :class:`SplitQKV` holding separate ``q``, ``k``, ``v`` Linears
+               (same outputs); LoRA goes on ``qkv.q`` and ``qkv.v``. Plain ``PeftModel.from_pretrained``
+               then needs a base with the same split: ``PeftModel.from_pretrained(split_qkv(timm_model),
+               folder)``. Merging re-fuses each split into a plain ``qkv`` Linear (:func:`fuse_qkv`): the
+               merged model is plain timm.
+``qkv``        (ViT) every ``blocks.*.attn.qkv`` (timm's fused q/k/v Linear, one factorisation across q, k
+               and v; the default before issue 12): a peft folder that loads with plain
+               ``PeftModel.from_pretrained(timm_model, folder)``
+``attn``       (ViT) ``qkv`` and ``attn.proj``
+``all_linear`` (ViT) every Linear inside ``blocks`` (qkv, proj, mlp fc1/fc2)
+``conv``       (CNN) the convolutions of every stage: every ungrouped spatial Conv2d (kernel > 1x1: the
+               stem, ResNet's/DenseNet's 3x3s, ConvNeXt's downsampling) and, in a network whose blocks
+               are built around grouped/depthwise convolutions (EfficientNet, MobileNet, ConvNeXt,
+               ResNeXt, RegNet), every ungrouped pointwise 1x1 Conv2d as well (expand/project convs,
+               ConvNeXt's conv-MLP, the pre-logits ``conv_head``). Squeeze-excitation gates are not
+               targeted. On ResNet50 the same layers as before issue 12 (stem + every 3x3).
+``spatial``    (CNN) every ungrouped Conv2d with a kernel larger than 1x1 only (the ``conv`` rule before
+               issue 12; on EfficientNet/MobileNet that is the stem alone)
+``all_conv``   (CNN) every ungrouped Conv2d (1x1 too, squeeze-excitation gates included)
 =============  =======================================================================================
 
-Grouped/depthwise convolutions (``groups > 1``, e.g. EfficientNet's depthwise 3x3) are never targeted:
-peft refuses them unless ``rank`` is divisible by ``groups`` and cannot merge them.
+``depthwise=False``: with ``depthwise=True`` (CNN) LoRA also goes on every depthwise Conv2d
+(``groups == in_channels``, e.g. EfficientNet's ``conv_dw``). peft's own conv LoRA cannot factorise a
+depthwise kernel (it needs ``rank % groups == 0`` and cannot merge grouped convs), so these get
+:class:`DepthwiseLoRA` (:mod:`adapters.lora_depthwise`): ``dW = B @ A`` over each channel's ``k x k``
+taps, ``B`` ``[C, r]`` zero-initialised, merged exactly into the kernel. Other grouped convs (ResNeXt's
+``groups=32`` 3x3s) are never targeted.
 
 Modules are selected by type (:func:`adapters.core.modules_of_type`, timm attention blocks by
 :func:`adapters.core.is_vit_attention`) and handed to peft as one regular expression of exact full
@@ -44,12 +57,15 @@ import re
 import torch
 from torch import nn
 
-from . import unet_lora
-from .core import MethodError, family_of, freeze, head_name, is_vit_attention, modules_of_type, unwrap
+from . import lora_depthwise, unet_lora
+from .core import (MethodError, family_of, freeze, head_name, is_depthwise_conv, is_vit_attention, modules_of_type,
+                   unwrap)
 from .registry import Method, register
 
-VIT_TARGETS = ("qkv", "qv", "attn", "all_linear")
-CNN_TARGETS = ("conv", "all_conv")
+VIT_TARGETS = ("qv", "qkv", "attn", "all_linear")
+CNN_TARGETS = ("conv", "spatial", "all_conv")
+SE_TYPES = {"SqueezeExcite", "SqueezeExciteCl", "SEModule", "EffectiveSEModule", "SEBlock"}
+"""Type names of timm's squeeze-excitation gates (their 1x1 convs are not block convolutions)."""
 
 
 class SplitQKV(nn.Module):
@@ -133,12 +149,31 @@ def target_names(model: nn.Module, targets: str) -> list[str]:
     if family == "cnn":
         if targets not in CNN_TARGETS:
             raise MethodError(f"LoRA targets for a CNN: {', '.join(('auto',) + CNN_TARGETS)}; not {targets!r}")
-        # peft cannot merge (or, unless rank % groups == 0, even build) LoRA on grouped convs.
-        convs = [n for n in modules_of_type(model, nn.Conv2d, exclude=exclude) if model.get_submodule(n).groups == 1]
-        if targets == "conv":
-            convs = [n for n in convs if tuple(model.get_submodule(n).kernel_size) != (1, 1)]
-        return convs
+        return cnn_target_names(model, targets, exclude)
     raise MethodError(f"LoRA/DoRA: unsupported backbone family {family!r}")
+
+
+def _in_squeeze_excite(model: nn.Module, name: str) -> bool:
+    parts = name.split(".")
+    return any(type(model.get_submodule(".".join(parts[:i]))).__name__ in SE_TYPES for i in range(1, len(parts)))
+
+
+def cnn_target_names(model: nn.Module, targets: str, exclude: list[str]) -> list[str]:
+    """The ungrouped Conv2d layers LoRA goes on in a CNN (see the module docstring); grouped convs are
+    never among them (peft cannot merge, or unless ``rank % groups == 0`` even build, LoRA on them)."""
+    convs = [(n, model.get_submodule(n)) for n in modules_of_type(model, nn.Conv2d, exclude=exclude)]
+    ungrouped = [(n, c) for n, c in convs if c.groups == 1]
+    if targets == "all_conv":
+        return [n for n, _ in ungrouped]
+    spatial = [n for n, c in ungrouped if tuple(c.kernel_size) != (1, 1)]
+    if targets == "spatial" or not any(c.groups > 1 and tuple(c.kernel_size) != (1, 1) for _, c in convs):
+        return spatial
+    return [n for n, c in ungrouped if n in spatial or not _in_squeeze_excite(model, n)]
+
+
+def depthwise_names(model: nn.Module, exclude: list[str]) -> list[str]:
+    """Every depthwise Conv2d (``groups == in_channels > 1``)."""
+    return [n for n in modules_of_type(model, nn.Conv2d, exclude=exclude) if is_depthwise_conv(model.get_submodule(n))]
 
 
 def exact_names_regex(names: list[str]) -> str:
@@ -146,16 +181,19 @@ def exact_names_regex(names: list[str]) -> str:
     return "|".join(re.escape(n) for n in names)
 
 
-def wrap_with_peft(model: nn.Module, config_cls, **config_kwargs) -> nn.Module:
+def wrap_with_peft(model: nn.Module, config_cls, custom_modules: dict | None = None, **config_kwargs) -> nn.Module:
     """``get_peft_model(model, config_cls(**config_kwargs))`` with the head as ``modules_to_save``
     (trained as peft's copy, and saved). Checks that peft wrapped the head only: it matches
-    ``modules_to_save`` by name suffix."""
+    ``modules_to_save`` by name suffix. ``custom_modules``: peft custom LoRA layers by base-layer type."""
     from peft import get_peft_model
     from peft.utils import ModulesToSaveWrapper
 
     head = head_name(model)
     expected = [head] if head else []
-    peft_model = get_peft_model(model, config_cls(modules_to_save=expected or None, **config_kwargs))
+    config = config_cls(modules_to_save=expected or None, **config_kwargs)
+    if custom_modules:
+        config._register_custom_module(custom_modules)  # peft's (experimental) public hook for custom layers
+    peft_model = get_peft_model(model, config)
     saved = [n for n, m in unwrap(peft_model).named_modules() if isinstance(m, ModulesToSaveWrapper)]
     if saved != expected:
         raise MethodError(f"peft modules_to_save={expected} wrapped {saved}, expected the head only")
@@ -163,24 +201,35 @@ def wrap_with_peft(model: nn.Module, config_cls, **config_kwargs) -> nn.Module:
 
 
 def _apply_lora(model: nn.Module, rank: int = 8, alpha: float = 8, dropout: float = 0.0, targets: str = "auto",
-                use_dora: bool = False) -> nn.Module:
+                depthwise: bool = False, use_dora: bool = False) -> nn.Module:
     from peft import LoraConfig
 
     family = family_of(model)
+    if depthwise and family != "cnn":
+        raise MethodError(f"LoRA depthwise=True is for CNNs with depthwise convolutions, not a {family} backbone")
     if family == "unet":  # Stable Diffusion U-Net: diffusers' add_adapter (adapters.unet_lora)
         return unet_lora.apply(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, use_dora=use_dora)
     if targets == "auto":
-        targets = "qkv" if family == "vit" else "conv"
+        targets = "qv" if family == "vit" else "conv"
     freeze(model)  # BatchNorm pinned to eval mode; peft then freezes all but LoRA and the head copy
     if targets == "qv":
         split_qkv(model)
     names = target_names(model, targets)
+    custom = None
+    if depthwise:
+        head = head_name(model)
+        dw = depthwise_names(model, [head] if head else [])
+        if not dw:
+            raise MethodError(f"LoRA depthwise=True: {type(model).__name__} has no depthwise convolution")
+        for n in dw:
+            lora_depthwise.mark_depthwise(model.get_submodule(n))
+        names, custom = names + dw, {lora_depthwise.DepthwiseMarker: lora_depthwise.lora_layer_class()}
     if not names:
         raise MethodError(f"LoRA targets={targets!r} selects no module in {type(model).__name__}")
     # The head trains as peft's modules_to_save copy (core.train_head would also unfreeze the frozen
     # original that peft keeps beside it).
-    return wrap_with_peft(model, LoraConfig, r=rank, lora_alpha=alpha, lora_dropout=dropout, use_dora=use_dora,
-                          target_modules=exact_names_regex(names), bias="none")
+    return wrap_with_peft(model, LoraConfig, custom_modules=custom, r=rank, lora_alpha=alpha, lora_dropout=dropout,
+                          use_dora=use_dora, target_modules=exact_names_regex(names), bias="none")
 
 
 def _apply_dora(model: nn.Module, **hp) -> nn.Module:
@@ -191,15 +240,16 @@ def merge_lora(model: nn.Module) -> nn.Module:
     """Fold ``B @ A`` (and DoRA's magnitude) into the weights; re-fuse split q/k/v."""
     if family_of(model) == "unet":
         return unet_lora.merge(model)
-    return fuse_qkv(model.merge_and_unload())
+    return lora_depthwise.unmark_all(fuse_qkv(model.merge_and_unload()))
 
 
 _DEFAULTS = {"rank": 8, "alpha": 8, "dropout": 0.0, "targets": "auto"}
 
 register(Method(
-    name="lora", families=("vit", "cnn", "unet"), apply=_apply_lora, merge=merge_lora, defaults=dict(_DEFAULTS),
+    name="lora", families=("vit", "cnn", "unet"), apply=_apply_lora, merge=merge_lora,
+    defaults={**_DEFAULTS, "depthwise": False},
     export=unet_lora.export,
-    summary="low-rank updates of attention qkv (ViT) / k>1 convolutions (CNN) + head",
+    summary="low-rank updates of W_q, W_v (ViT) / every stage's convolutions (CNN) + head",
     paper="Hu et al., LoRA, ICLR 2022", peft=True, identity_at_init=True, paper_name="lora"))
 register(Method(
     name="dora", families=("vit", "cnn"), apply=_apply_dora, merge=merge_lora, defaults=dict(_DEFAULTS),

@@ -36,9 +36,17 @@ class Method:
     """Buffers that training changes and the adapter file must carry (BatchNorm statistics)."""
     paper_name: str | None = None
     """The row name in Dutt et al. 2024, where the method is in the paper."""
+    paper_families: tuple[str, ...] | None = None
+    """The families whose paper row ``paper_name`` is (``None``: every family of the method)."""
     export: Callable[[nn.Module, Path], None] | None = None
     """``export(model, folder)``: extra files :func:`adapters.io.save_adapter` writes beside the adapter
     (e.g. the U-Net LoRA in diffusers' ``pytorch_lora_weights.safetensors`` format)."""
+
+    def paper_row(self, family: str) -> str | None:
+        """The paper's row name for this method on a ``family`` backbone (``None``: not in the paper)."""
+        if self.paper_families is not None and family not in self.paper_families:
+            return None
+        return self.paper_name
 
 
 METHODS: dict[str, Method] = {}

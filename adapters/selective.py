@@ -18,18 +18,19 @@ identity at init (nothing is added).
 
 ``full``, ``bias`` and ``attention`` also apply to the Stable Diffusion U-Net (family ``unet``, no head):
 ``attention`` then trains ``to_q``/``to_k``/``to_v``/``to_out.0`` of every diffusers ``Attention``
-(self- and cross-attention). The U-Net-only ``norm``, ``bias_norm`` and ``bias_norm_attention`` are
-registered in :mod:`adapters.unet`, with the SD 1.5 counts beside the paper's.
+(self- and cross-attention): the projections only, which is not the paper's Table 4 "Attention" row (that
+is ``attention_blocks``, the whole Transformer2D blocks; on the U-Net ``attention`` therefore has no paper row).
+The U-Net-only ``norm``, ``bias_norm``, ``bias_norm_attention`` and the whole-block variants are registered in
+:mod:`adapters.unet`, with the SD 1.5 counts beside the paper's.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .core import (BN_TYPES, bias_param, family_of, freeze, is_vit_attention, train_head, train_params,
-                   unfreeze_bn_stats, unwrap)
+from .core import (BN_TYPES, bias_param, family_of, freeze, is_vit_attention, merge_selective, train_head,
+                   train_params, unfreeze_bn_stats)
 from .registry import Method, register
-
-_PLAIN_MERGE = unwrap  # the trained tensors already live in the backbone
+from .unet import apply_unet_attention
 
 
 def _apply_full(model: nn.Module) -> nn.Module:
@@ -80,8 +81,6 @@ def _bn_buffers(model: nn.Module) -> list[str]:
 
 def _apply_attention(model: nn.Module) -> nn.Module:
     if family_of(model) == "unet":  # the diffusers Attention projections (adapters.unet)
-        from .unet import apply_unet_attention
-
         return apply_unet_attention(model)
     freeze(model)
     for name, module in model.named_modules():
@@ -93,28 +92,28 @@ def _apply_attention(model: nn.Module) -> nn.Module:
 
 
 register(Method(
-    name="full", families=("vit", "cnn", "unet"), apply=_apply_full, merge=_PLAIN_MERGE,
+    name="full", families=("vit", "cnn", "unet"), apply=_apply_full, merge=merge_selective,
     summary="every parameter (the baseline)", paper="-", identity_at_init=True,
     saved_buffers=_all_buffers, paper_name="full"))
 register(Method(
-    name="linear_probe", families=("vit", "cnn"), apply=_apply_linear_probe, merge=_PLAIN_MERGE,
+    name="linear_probe", families=("vit", "cnn"), apply=_apply_linear_probe, merge=merge_selective,
     summary="classifier head only", paper="-", identity_at_init=True, paper_name="linear_probe"))
 register(Method(
-    name="bitfit", families=("vit", "cnn"), apply=_apply_bias, merge=_PLAIN_MERGE,
+    name="bitfit", families=("vit", "cnn"), apply=_apply_bias, merge=merge_selective,
     summary="all bias terms + head", paper="Ben Zaken et al., BitFit, ACL 2022",
     identity_at_init=True, paper_name="bitfit"))
 register(Method(
-    name="bias", families=("cnn", "vit", "unet"), apply=_apply_bias, merge=_PLAIN_MERGE,
+    name="bias", families=("cnn", "vit", "unet"), apply=_apply_bias, merge=merge_selective,
     summary="all bias terms + head (TinyTL-style)", paper="Cai et al., TinyTL, NeurIPS 2020",
     identity_at_init=True, paper_name="bias"))
 register(Method(
-    name="batchnorm", families=("cnn",), apply=_apply_batchnorm, merge=_PLAIN_MERGE,
+    name="batchnorm", families=("cnn",), apply=_apply_batchnorm, merge=merge_selective,
     defaults={"bn_stats": "update"}, saved_buffers=_bn_buffers,
     summary="BatchNorm affine (+ running statistics unless frozen) + head",
     paper="Frankle et al., Training BatchNorm and only BatchNorm, ICLR 2021",
     identity_at_init=True, paper_name="batchnorm"))
 register(Method(
-    name="attention", families=("vit", "unet"), apply=_apply_attention, merge=_PLAIN_MERGE,
+    name="attention", families=("vit", "unet"), apply=_apply_attention, merge=merge_selective,
     summary="attention blocks' weights and biases + head",
     paper="Touvron et al., Three things everyone should know about ViTs, ECCV 2022",
-    identity_at_init=True, paper_name="attention"))
+    identity_at_init=True, paper_name="attention", paper_families=("vit",)))

@@ -3,16 +3,33 @@ Baseline for Efficient Model Tuning", NeurIPS 2022).
 
 After each selected operation, every output channel is scaled and shifted:
 ``y = op(x) * ssf_scale + ssf_shift``. The backbone is frozen (BatchNorm in eval mode); only the
-wrappers' ``ssf_scale`` / ``ssf_shift`` (one value per output channel each) and the head train.
+wrappers' ``ssf_scale`` / ``ssf_shift`` (one value per channel each) and the head train.
 
-Where (selected by module type, the head excluded):
+Where (selected by module type, the head excluded), hyper-parameter ``sites``:
 
-- ``vit``: every ``nn.Linear`` (``qkv``, ``proj``, ``fc1``, ``fc2``), every ``nn.LayerNorm``
-  (``norm1``, ``norm2``, the final ``norm``) and the patch-embedding conv ``patch_embed.proj``,
-  as in the paper's ViT code. ViT-B/16: 205,824 + head (the paper: 0.2M).
-- ``cnn``: every normalisation layer (BatchNorm, GroupNorm, LayerNorm, including timm's
-  ``BatchNormAct2d``/``GroupNormAct``/``LayerNorm2d``...) and every ``nn.Linear``. Convolutions are
-  not wrapped: in these networks a conv is followed by a norm, whose SSF covers the same channels.
+- ``official`` (default), as the official SSF code places them:
+  ``vit``: every ``nn.Linear`` (``qkv``, ``proj``, ``fc1``, ``fc2``), every ``nn.LayerNorm``
+  (``norm1``, ``norm2``, the final ``norm``) and the patch-embedding conv ``patch_embed.proj``.
+  ViT-B/16: 205,824 + head (the paper: 0.2M).
+  ``cnn``: after every convolution (grouped/depthwise and squeeze-excitation convs too), every
+  normalisation layer (BatchNorm, GroupNorm, LayerNorm, including timm's ``BatchNormAct2d``/
+  ``GroupNormAct``/``LayerNorm2d``...) and every ``nn.Linear``, and on the final features (the head's
+  input, :class:`SSFHeadInput`), as the official code's ConvNeXt/Swin/ViT models do (ssf after each
+  conv/norm/linear, and ``ssf_scale/ssf_shift`` before the head).
+- ``norm`` (the placement before issue 12): ViT: the LayerNorms only; CNN: the normalisation layers and
+  ``nn.Linear`` layers only. With frozen (eval-mode) BatchNorm that is the same function class as
+  ``batchnorm`` tuning, with the same count.
+
+ResNet50, 3 classes (Dutt et al. 2024, Table 2 report SSF 60.6K; BN 59.1K, bias 32.7K):
+
+- ``official``: 53,120 after the 53 convs + 53,120 after the 53 BatchNorms + 4,096 on the 2,048 pooled
+  features + 6,147 head = 116,483 (116.5K, ~1.9x the paper's count);
+- ``norm``: 53,120 + 6,147 = 59,267 (59.3K; 1.3K under the paper's 60.6K, which no natural placement
+  reproduces: norm + final features would be 63,363).
+
+Note that a scale-shift after a conv that feeds a frozen BatchNorm, and the one on the features of a
+linear head, compose into the next affine layer: the official placement adds parameters (and changes
+the optimisation), not expressiveness, over ``norm`` on such networks.
 
 timm's fused norm+activation layers (``BatchNormAct2d`` etc., e.g. in EfficientNet) compute
 ``act(drop(norm(x)))``. Scaling after the activation could not be folded into the norm, so the
@@ -23,30 +40,27 @@ Channels: conv, BatchNorm, GroupNorm and channels-first LayerNorm (timm ``LayerN
 are ``[N, C, ...]`` (scale/shift broadcast over dim 1); Linear and LayerNorm outputs over the last dim.
 
 Init: ``ssf_scale = 1``, ``ssf_shift = 0`` (hyper-parameter ``init_std=0.0``), so the method is the
-identity at init. The paper draws scale ~ N(1, 0.02) and shift ~ N(0, 0.02); ``init_std=0.02``
+identity at init. The official code draws scale ~ N(1, 0.02) and shift ~ N(0, 0.02); ``init_std=0.02``
 reproduces that (then not identity at init).
 
-Merge: exact re-parameterisation into the wrapped layer, then the wrapper is replaced by it:
+Merge: exact re-parameterisation, then every wrapper is replaced by its layer:
 Linear ``W' = diag(g) W, b' = g*b + beta``; Conv2d the same per output channel; norm affine
-``w' = g*w, b' = g*b + beta`` (BatchNorm in eval mode is per-channel affine, so this is exact).
-A wrapped layer without a bias (or a norm without affine parameters) has nowhere to put the shift
-without adding a parameter, so merging such a model raises :class:`NotMergeable` naming the layers
-(none in the timm ViTs and ResNets/EfficientNets we use: their Linear layers, patch-embed conv and
-norms all have biases).
-
-ResNet50, 3 classes: 53,120 (scale+shift on the 26,560 BatchNorm channels) + 6,147 head = 59,267
-(59.3K, 0.25%). Dutt et al. 2024, Table 2 report SSF 60.6K (BN 59.1K, bias 32.7K, full 23.5M). Our
-SSF sits at exactly the BatchNorm layers, so it counts the same as ``batchnorm`` (59,267); the
-paper's SSF row is ~1.4K above its BN row, which no natural extra placement reproduces (SSF on the
-stem conv adds 128, on the pooled features 4,096, after every conv 53,120), so we report the exact
-count of the rule above.
+``w' = g*w, b' = g*b + beta`` (BatchNorm in eval mode is per-channel affine, so this is exact); the
+head-input one into the head ``W' = W diag(g), b' = b + W beta``. A conv without a bias (ResNet,
+EfficientNet) takes the scale into its kernel and hands the shift to the BatchNorm registered right
+after it (``b_bn' = b_bn + w_bn * beta / sqrt(var + eps)``); because that pairing relies on timm's
+layer order, the merge is checked on a random input and refused (:class:`NotMergeable`) if the outputs
+differ. A layer with nowhere to put the shift (a biasless Linear, a biasless conv not followed by a
+BatchNorm such as DenseNet's, a norm without affine parameters) raises :class:`NotMergeable` naming it.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
 
-from .core import (NORM_TYPES, NotMergeable, family_of, freeze, head_name, modules_of_type, replace_module,
+from .core import (BN_TYPES, NORM_TYPES, NotMergeable, family_of, freeze, head_name, modules_of_type, replace_module,
                    train_head, train_params, unwrap)
 from .registry import Method, register
 
@@ -138,50 +152,151 @@ class SSF(nn.Module):
         return inner
 
 
+class SSFHeadInput(nn.Module):
+    """``head(x * ssf_scale + ssf_shift)``: SSF on the final features, folded into the (Linear) head."""
+
+    def __init__(self, inner: nn.Linear, init_std: float = 0.0):
+        super().__init__()
+        self.inner = inner
+        like = _factory(inner)
+        self.ssf_scale = nn.Parameter(torch.ones(inner.in_features, **like))
+        self.ssf_shift = nn.Parameter(torch.zeros(inner.in_features, **like))
+        if init_std:
+            nn.init.normal_(self.ssf_scale, mean=1.0, std=init_std)
+            nn.init.normal_(self.ssf_shift, mean=0.0, std=init_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x * self.ssf_scale + self.ssf_shift)
+
+    def merge_problem(self) -> str | None:
+        return None if self.inner.bias is not None else "head without bias"
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        if self.merge_problem():
+            raise NotMergeable(f"SSF before a {self.merge_problem()} cannot be merged")
+        head = self.inner
+        head.bias.copy_(head.bias + head.weight @ self.ssf_shift)
+        head.weight.copy_(head.weight * self.ssf_scale)
+        return head
+
+
 def _factory(module: nn.Module) -> dict:
     """device and dtype of the wrapped layer's parameters (defaults if it has none)."""
     p = next(module.parameters(), None)
     return {"device": p.device, "dtype": p.dtype} if p is not None else {}
 
 
-def ssf_targets(model: nn.Module) -> list[str]:
-    """Names of the modules SSF wraps (see the module docstring)."""
+SITES = ("official", "norm")
+
+
+def ssf_targets(model: nn.Module, sites: str = "official") -> list[str]:
+    """Names of the modules SSF wraps (see the module docstring); the head-input SSF not included."""
+    if sites not in SITES:
+        raise ValueError(f"SSF sites must be one of {', '.join(SITES)}, not {sites!r}")
     model = unwrap(model)
     head = head_name(model)
     exclude = [head] if head else []
     if family_of(model) == "vit":
+        if sites == "norm":
+            return modules_of_type(model, nn.LayerNorm, exclude=exclude)
         names = modules_of_type(model, (nn.Linear, nn.LayerNorm), exclude=exclude)
         patch = getattr(getattr(model, "patch_embed", None), "proj", None)
         if isinstance(patch, nn.Conv2d):
             names.insert(0, "patch_embed.proj")
         return names
-    return modules_of_type(model, NORM_TYPES + (nn.Linear,), exclude=exclude)
+    types = NORM_TYPES + (nn.Linear,) + ((nn.Conv2d,) if sites == "official" else ())
+    return modules_of_type(model, types, exclude=exclude)
 
 
-def _apply(model: nn.Module, init_std: float = 0.0) -> nn.Module:
+def _apply(model: nn.Module, init_std: float = 0.0, sites: str = "official") -> nn.Module:
     freeze(model)
     base = unwrap(model)
-    for name in ssf_targets(base):
+    for name in ssf_targets(base, sites):
         replace_module(base, name, SSF(base.get_submodule(name), init_std=init_std))
-    train_params(model, lambda _n, m, p: isinstance(m, SSF) and p in ("ssf_scale", "ssf_shift"))
+    head = head_name(base)
+    if sites == "official" and family_of(base) == "cnn" and head and isinstance(base.get_submodule(head), nn.Linear):
+        replace_module(base, head, SSFHeadInput(base.get_submodule(head), init_std=init_std))
+    train_params(model, lambda _n, m, p: isinstance(m, (SSF, SSFHeadInput)) and p in ("ssf_scale", "ssf_shift"))
     train_head(model)
     return model
 
 
+def _next_sibling(model: nn.Module, name: str) -> nn.Module | None:
+    """The module registered right after ``name`` in its parent (timm registers a conv's norm next)."""
+    parent_name, _, child = name.rpartition(".")
+    children = list((model.get_submodule(parent_name) if parent_name else model).named_children())
+    idx = [n for n, _ in children].index(child)
+    return children[idx + 1][1] if idx + 1 < len(children) else None
+
+
+def _shift_sink(model: nn.Module, name: str, wrapper: SSF) -> nn.Module | None:
+    """For an SSF after a biasless conv: the eval-mode BatchNorm that takes its shift, else ``None``."""
+    nxt = _next_sibling(model, name)
+    bn = nxt.inner if isinstance(nxt, SSF) else nxt
+    if isinstance(bn, BN_TYPES) and bn.num_features == wrapper.ssf_shift.numel() and bn.weight is not None \
+            and bn.bias is not None and bn.running_var is not None:
+        return bn
+    return None
+
+
+@torch.no_grad()
+def _fold_into_biasless_conv(wrapper: SSF, bn: nn.Module) -> nn.Module:
+    conv, g, b = wrapper.inner, wrapper.ssf_scale, wrapper.ssf_shift
+    conv.weight.copy_(conv.weight * g.view((-1,) + (1,) * (conv.weight.ndim - 1)))
+    bn.bias.copy_(bn.bias + bn.weight * b / torch.sqrt(bn.running_var + bn.eps))
+    return conv
+
+
+def _probe(model: nn.Module) -> torch.Tensor | None:
+    p = next(model.parameters())
+    if p.is_meta:
+        return None
+    size = tuple((getattr(model, "pretrained_cfg", None) or {}).get("input_size") or (3, 224, 224))
+    x = torch.randn((2,) + size, generator=torch.Generator().manual_seed(0)).to(device=p.device, dtype=p.dtype)
+    with torch.no_grad():
+        return model(x), x
+
+
 def _merge(model: nn.Module) -> nn.Module:
     base = unwrap(model)
-    wrappers = [(n, m) for n, m in base.named_modules() if isinstance(m, SSF)]
-    problems = [f"{n} ({m.merge_problem()})" for n, m in wrappers if m.merge_problem()]
+    wrappers = [(n, m) for n, m in base.named_modules() if isinstance(m, (SSF, SSFHeadInput))]
+    sinks, problems = {}, []
+    for n, m in wrappers:
+        problem = m.merge_problem()
+        if problem and isinstance(m, SSF) and isinstance(m.inner, nn.Conv2d):
+            sinks[n] = _shift_sink(base, n, m)
+            problem = None if sinks[n] is not None else "Conv2d without bias and no BatchNorm after it"
+        if problem:
+            problems.append(f"{n} ({problem})")
     if problems:
         raise NotMergeable(f"SSF cannot be folded into {len(problems)} layer(s) with nowhere to put the shift: "
                            f"{', '.join(problems[:5])}")
-    for name, wrapper in wrappers:
-        replace_module(base, name, wrapper.merged())
-    return base
+    if not sinks:
+        for name, wrapper in wrappers:
+            replace_module(base, name, wrapper.merged())
+        return base
+    was_training = base.training
+    base.eval()
+    probe = _probe(base)
+    merged = copy.deepcopy(base)  # the conv -> BatchNorm pairing is checked before the model is given up
+    for name, wrapper in [(n, merged.get_submodule(n)) for n, _ in wrappers]:
+        layer = _fold_into_biasless_conv(wrapper, _shift_sink(merged, name, wrapper)) if name in sinks \
+            else wrapper.merged()
+        replace_module(merged, name, layer)
+    if probe is not None:
+        expected, x = probe
+        with torch.no_grad():
+            got = merged(x)
+        if not torch.allclose(got, expected, rtol=1e-4, atol=1e-4 * max(1.0, expected.abs().max().item())):
+            raise NotMergeable("SSF after a biasless conv: the BatchNorm registered after it does not read its "
+                               "output in this network, so the shift cannot be folded")
+    merged.train(was_training)
+    return merged
 
 
 register(Method(
-    name="ssf", families=("vit", "cnn"), apply=_apply, merge=_merge, defaults={"init_std": 0.0},
-    summary="per-channel scale and shift after linear/norm layers + head",
+    name="ssf", families=("vit", "cnn"), apply=_apply, merge=_merge, defaults={"init_std": 0.0, "sites": "official"},
+    summary="per-channel scale and shift after every conv/linear/norm layer and on the final features + head",
     paper="Lian et al., Scaling & Shifting Your Features (SSF), NeurIPS 2022",
     identity_at_init=True, paper_name="ssf"))

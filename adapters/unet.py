@@ -16,33 +16,42 @@ Methods for the U-Net (``python -m adapters list --unet sd15``). Selective metho
 U-Net's own tensors, add nothing, are identity at init and merge trivially (the trained tensors *are*
 the U-Net's weights):
 
-===================== =========================================================== ============ =========
-method                what trains                                                 SD 1.5 U-Net paper
-===================== =========================================================== ============ =========
-full                  every parameter                                             859,520,964  85.9M (*)
-attention             ``to_q``/``to_k``/``to_v``/``to_out.0`` (weight + bias) of   93,536,640  26.7M (*)
-                      every diffusers ``Attention`` (self ``attn1`` and cross
-                      ``attn2``)
-bias                  every bias (convs, linears, norms)                              343,684  343K
-norm                  GroupNorm + LayerNorm affine (weight + bias)                    200,320  200K
-bias_norm             bias + norm                                                     443,844  443K
-bias_norm_attention   bias + norm + attention projections                          93,955,524  26.7M (*)
-lora                  rank-r A/B on the attention projections (adapters.unet_lora) 1,594,368  797K
-                      (r=8, the shared ``lora`` default); r=4: 797,184 = paper
-svdiff                spectral shifts of every Linear/Conv2d (adapters.svdiff)        222,696  21.4K (+)
-difffit               bias + norm + per-channel gammas (adapters.difffit)             481,284  -
-===================== =========================================================== ============ =========
+========================== ====================================================== ============ =========
+method                     what trains                                            SD 1.5 U-Net paper
+========================== ====================================================== ============ =========
+full                       every parameter                                         859,520,964  85.9M (*)
+attention_blocks           every parameter of every ``Transformer2DModel`` block   267,239,360  26.7M (*)
+                           (the U-Net's ``attentions`` submodules: GroupNorm,
+                           proj_in, self- and cross-attention, feed-forward,
+                           block LayerNorms, proj_out): the paper's "Attention"
+bias_norm_attention_blocks bias + norm + ``attention_blocks``: the paper's         267,421,124  26.7M (*)
+                           "Bias+Norm+Attention"
+attention                  ``to_q``/``to_k``/``to_v``/``to_out.0`` (weight + bias)  93,536,640  -
+                           of every diffusers ``Attention`` (self ``attn1`` and
+                           cross ``attn2``): the projections only
+bias                       every bias (convs, linears, norms)                          343,684  343K
+norm                       GroupNorm + LayerNorm affine (weight + bias)                200,320  200K
+bias_norm                  bias + norm                                                 443,844  443K
+bias_norm_attention        bias + norm + attention projections                      93,955,524  -
+lora                       rank-r A/B on the attention projections                   1,594,368  797K
+                           (adapters.unet_lora; r=8, the shared ``lora``
+                           default); r=4: 797,184 = paper
+svdiff                     spectral shifts of every Linear/Conv2d (adapters.svdiff)    222,696  21.4K (+)
+difffit                    bias + norm + per-channel gammas (adapters.difffit)         481,284  -
+========================== ====================================================== ============ =========
 
 (*) The paper's M-counts are 10x too small (a decimal slip; its K-counts are right): SD 1.5's U-Net
-has 859.5M parameters (the paper prints 85.9M), and 26.7M x 10 = 267.2M is the size of all
-``Transformer2DModel`` blocks (the U-Net's ``attentions`` submodules: GroupNorm, proj_in, attn1, attn2,
-feed-forward, proj_out = 267,239,360; with every other bias and norm: 267,421,124, "26.7M" again for
-bias_norm_attention).
-So the paper's "attention" most likely tuned the whole ``attentions`` blocks, while the MedPEFT
-``attention`` method tunes the attention projections only (93.5M), as specified for this project.
+has 859.5M parameters (the paper prints 85.9M), and 26.7M x 10 = 267.2M is exactly the size of all
+16 ``Transformer2DModel`` blocks (267,239,360; with every other bias and norm 267,421,124, "26.7M"
+again for Bias+Norm+Attention). So the paper's "Attention" rows tuned the whole transformer blocks:
+``attention_blocks`` and ``bias_norm_attention_blocks`` are those rows here (their ``paper_name``, and
+the methods of ``benchmarks/table4_generation.yaml``). ``attention`` / ``bias_norm_attention`` keep the
+projections-only variant (93.5M), which is no row of Table 4.
 The small counts (bias, norm, bias_norm, LoRA r=4) match the paper exactly.
 (+) No natural subset of SD 1.5's layers gives 21.4K spectral shifts (the cross-attention k/v give
 18,816; all attention projections 93,696; every Linear + Conv2d 222,696, the SVDiff paper's choice).
+
+Counts: ``python -m adapters list --unet sd15`` (asserted in ``tests/adapters/test_unet_counts.py``).
 """
 from __future__ import annotations
 
@@ -54,9 +63,8 @@ import torch
 from torch import nn
 
 from .backbones import BackboneError
-from .core import bias_param, freeze, train_params
+from .core import bias_param, freeze, merge_selective, train_params
 from .registry import Method, register
-from .selective import _PLAIN_MERGE
 
 NORM_TYPES_UNET = (nn.GroupNorm, nn.LayerNorm)
 
@@ -157,6 +165,34 @@ def train_attention_projections(model: nn.Module) -> int:
     return n
 
 
+def is_transformer_block(module: nn.Module) -> bool:
+    """A diffusers ``Transformer2DModel`` (the ``attentions.N`` blocks of SD's cross-attention U-Net blocks)."""
+    try:
+        from diffusers.models.transformers.transformer_2d import Transformer2DModel
+    except ImportError:  # pragma: no cover - diffusers is required for U-Nets
+        return False
+    return isinstance(module, Transformer2DModel)
+
+
+def transformer_block_names(model: nn.Module) -> list[str]:
+    """Full names of the outermost ``Transformer2DModel`` blocks."""
+    names: list[str] = []
+    for name, module in model.named_modules():
+        if is_transformer_block(module) and not any(name.startswith(n + ".") for n in names):
+            names.append(name)
+    return names
+
+
+def train_transformer_blocks(model: nn.Module) -> int:
+    """Switch on every parameter of every ``Transformer2DModel`` block; returns how many tensors."""
+    n = 0
+    for name in transformer_block_names(model):
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+            n += 1
+    return n
+
+
 def norm_param(_m: str, module: nn.Module, _p: str) -> bool:
     return isinstance(module, NORM_TYPES_UNET)
 
@@ -179,6 +215,18 @@ def _apply_bias_norm_attention(model: nn.Module) -> nn.Module:
     return model
 
 
+def _apply_attention_blocks(model: nn.Module) -> nn.Module:
+    freeze(model)
+    train_transformer_blocks(model)
+    return model
+
+
+def _apply_bias_norm_attention_blocks(model: nn.Module) -> nn.Module:
+    _apply_bias_norm(model)
+    train_transformer_blocks(model)
+    return model
+
+
 def apply_unet_attention(model: nn.Module) -> nn.Module:
     """``attention`` on a U-Net (called by :mod:`adapters.selective`)."""
     freeze(model)
@@ -187,14 +235,22 @@ def apply_unet_attention(model: nn.Module) -> nn.Module:
 
 
 register(Method(
-    name="norm", families=("unet",), apply=_apply_norm, merge=_PLAIN_MERGE,
+    name="norm", families=("unet",), apply=_apply_norm, merge=merge_selective,
     summary="GroupNorm/LayerNorm affine parameters", paper="Dutt et al., MIDL 2024 (Table 4)",
     identity_at_init=True, paper_name="norm"))
 register(Method(
-    name="bias_norm", families=("unet",), apply=_apply_bias_norm, merge=_PLAIN_MERGE,
+    name="bias_norm", families=("unet",), apply=_apply_bias_norm, merge=merge_selective,
     summary="every bias + GroupNorm/LayerNorm affine", paper="Dutt et al., MIDL 2024 (Table 4)",
     identity_at_init=True, paper_name="bias_norm"))
 register(Method(
-    name="bias_norm_attention", families=("unet",), apply=_apply_bias_norm_attention, merge=_PLAIN_MERGE,
+    name="bias_norm_attention", families=("unet",), apply=_apply_bias_norm_attention, merge=merge_selective,
     summary="biases + norms + attention projections (q, k, v, out)", paper="Dutt et al., MIDL 2024 (Table 4)",
-    identity_at_init=True, paper_name="bias_norm_attention"))
+    identity_at_init=True, paper_name=None))
+register(Method(
+    name="attention_blocks", families=("unet",), apply=_apply_attention_blocks, merge=merge_selective,
+    summary="every parameter of the Transformer2D blocks (the paper's Attention row)",
+    paper="Dutt et al., MIDL 2024 (Table 4)", identity_at_init=True, paper_name="attention"))
+register(Method(
+    name="bias_norm_attention_blocks", families=("unet",), apply=_apply_bias_norm_attention_blocks,
+    merge=merge_selective, summary="biases + norms + whole Transformer2D blocks (the paper's Bias+Norm+Attention row)",
+    paper="Dutt et al., MIDL 2024 (Table 4)", identity_at_init=True, paper_name="bias_norm_attention"))

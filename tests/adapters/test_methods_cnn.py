@@ -18,7 +18,7 @@ from adapters.backbones import TINY_CNN, TINY_VIT
 from adapters.ssf import SSF
 from adapters.tsa import TSAConv, tsa_targets
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def base_model(name: str, seed: int = 0, **kwargs) -> nn.Module:
@@ -200,8 +200,9 @@ def resnet50_rows(tmp_path_factory):
 
 def test_list_resnet50_counts(resnet50_rows):
     rows = {r["method"]: r for r in resnet50_rows}
+    # ssf: the official placement (after every conv and BN, and on the pooled features); sites="norm": 59,267
     expected = {"bias": 32_707, "batchnorm": 59_267, "full": 23_514_179, "linear_probe": 6_147,
-                "ssf": 59_267, "tsa": 10_622_979}
+                "ssf": 116_483, "tsa": 10_622_979, "lora": 309_915}
     assert {m: rows[m]["trainable"] for m in expected} == expected
     assert rows["full"]["total"] == 23_514_179 and rows["full"]["percent"] == 100.0
     assert rows["ssf"]["mergeable"] is True and rows["tsa"]["mergeable"] is True

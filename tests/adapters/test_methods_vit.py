@@ -106,10 +106,17 @@ def test_lora_qv_folder_loads_on_a_split_base(tmp_path):
     torch.testing.assert_close(logits(plain), logits(model), rtol=0, atol=1e-6)
 
 
-def test_lora_default_folder_loads_with_plain_peft_on_a_timm_model(tmp_path):
+def test_lora_defaults_to_q_and_v_on_a_vit():
+    model = apply_method(tiny_vit(), "lora")
+    wrapped = [n for n, m in model.base_model.model.named_modules() if hasattr(m, "lora_A")]
+    assert wrapped == [f"blocks.{i}.attn.qkv.{p}" for i in range(DEPTH) for p in ("q", "v")]
+    assert model.medpeft_hparams["targets"] == "auto"
+
+
+def test_lora_fused_qkv_folder_loads_with_plain_peft_on_a_timm_model(tmp_path):
     from peft import PeftModel
 
-    model = train_steps(apply_method(tiny_vit(), "lora"))
+    model = train_steps(apply_method(tiny_vit(), "lora", targets="qkv"))
     save_adapter(model, tmp_path, AdapterConfig(method="lora", backbone=TINY_VIT, num_classes=NUM_CLASSES))
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["r"] == 8 and cfg["lora_alpha"] == 8 and cfg["modules_to_save"] == ["head"]
@@ -163,6 +170,43 @@ def test_adaptformer_is_identity_at_init_whatever_the_scale_then_learns():
     for b in model.blocks:
         b.mlp.adapter_scale = 0.0
     assert not torch.allclose(logits(model), with_adapter, atol=1e-5)
+
+
+def test_adaptformer_branch_reads_the_residual_stream_by_default():
+    model = apply_method(tiny_vit(), "adaptformer")
+    assert model.medpeft_hparams["dropout"] == 0.1 and model.medpeft_hparams["input"] == "residual"
+    block = perturb_up(model).blocks[0]
+    x = torch.randn(2, 1 + NUM_PATCHES, DIM, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        h = x + block.attn(block.norm1(x))
+        adapter = block.mlp.adapter
+        branch = 0.1 * adapter.up(torch.relu(adapter.down(h)))  # on x, not norm2(x); eval: no dropout
+        expected = h + block.mlp.base(block.norm2(h)) + branch
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-6)
+    assert isinstance(adapter.dropout, nn.Dropout) and adapter.dropout.p == 0.1
+
+
+def test_adaptformer_norm_input_option():
+    model = perturb_up(apply_method(tiny_vit(), "adaptformer", input="norm"))
+    block = model.blocks[0]
+    assert type(block).__name__ == "Block"  # forward untouched: the MLP wrapper sees norm2(x)
+    h = torch.randn(2, 5, DIM)
+    with torch.no_grad():
+        adapter = block.mlp.adapter
+        torch.testing.assert_close(block.mlp(h), block.mlp.base(h) + 0.1 * adapter.up(torch.relu(adapter.down(h))))
+    from adapters import MethodError
+
+    with pytest.raises(MethodError, match="input"):
+        apply_method(tiny_vit(), "adaptformer", input="sideways")
+
+
+def perturb_up(model: nn.Module) -> nn.Module:
+    """As if trained: the zero-initialised up-projections get weights."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.mlp.adapter.up.weight.copy_(torch.randn(b.mlp.adapter.up.weight.shape, generator=g) * 0.1)
+    return model.eval()
 
 
 def test_adaptformer_learnable_scale():
@@ -237,8 +281,8 @@ def vit_b():
 def test_vit_b16_trainable_counts(vit_b):
     head = 768 * NUM_CLASSES + NUM_CLASSES
     r, d, blocks = 8, 768, 12
-    qkv = n_trainable(apply_method(copy.deepcopy(vit_b), "lora"))
-    qv = n_trainable(apply_method(copy.deepcopy(vit_b), "lora", targets="qv"))
+    qkv = n_trainable(apply_method(copy.deepcopy(vit_b), "lora", targets="qkv"))
+    qv = n_trainable(apply_method(copy.deepcopy(vit_b), "lora"))  # the default: W_q and W_v
     # fused qkv: A (r x d) + B (3d x r) = 4rd per block; q and v apart: 2 x (rd + dr) = 4rd as well.
     # (2/3 holds only against LoRA on separate q, k and v, 6rd.)
     assert qkv - head == blocks * 4 * r * d == 294_912
