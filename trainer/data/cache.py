@@ -1,8 +1,13 @@
-"""Decode every image once into a uint8 array cache ([N, S, S, 3] .npy, memory-mapped), then train from it.
+"""Decode every image once into a memory-mapped uint8 cache, then train from it.
 
-The cache file is keyed by a hash of (dataset name, image paths, cache size, cache version), built
-under a temporary name and renamed when complete, so a killed build never leaves a file that
-looks finished. Images that fail to decode are reported together after the pass.
+Images are kept whole: resized so the shorter side is the cache size, aspect kept, no crop (cropping
+is the transforms' job, as in timm: trainer/data/transforms.py). Images differ in shape, so the cache
+is a flat byte file (``<stem>.u8``) with a table of (offset, height, width) per image
+(``<stem>.rows.npy``); ``ImageCache.array[i]`` is image i as an [H, W, 3] view.
+
+The files are keyed by a hash of (dataset name, image paths, cache size, cache version), built
+under temporary names and renamed when complete (the byte file last), so a killed build never
+leaves a file that looks finished. Images that fail to decode are reported together after the pass.
 """
 from __future__ import annotations
 
@@ -23,36 +28,70 @@ from tqdm import tqdm
 from .errors import DataError
 from .images import load_image
 from .index import DatasetIndex
+from .transforms import resize_shorter_side
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: whole images (shorter side to the cache size); 1 cut them to centre squares
 MAX_LISTED = 10
+
+
+class RaggedImages:
+    """Read-only images of different shapes in one flat uint8 file: ``images[i]`` is an [H, W, 3] view.
+
+    ``rows`` is int64 [N, 3]: byte offset, height, width of each image. The file is opened lazily
+    (memory-mapped), and pickling keeps only the paths, so DataLoader workers reopen it cheaply.
+    """
+
+    def __init__(self, data_path, rows: np.ndarray):
+        self.data_path = os.fspath(data_path)
+        self.rows = np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+        self._data = None
+
+    @classmethod
+    def open(cls, data_path) -> "RaggedImages":
+        """Open a cache from its byte file (``<stem>.u8``; the table ``<stem>.rows.npy`` beside it)."""
+        data_path = Path(data_path)
+        return cls(data_path, np.load(rows_path(data_path)))
+
+    @property
+    def data(self) -> np.ndarray:
+        if self._data is None:
+            self._data = np.memmap(self.data_path, dtype=np.uint8, mode="r")
+        return self._data
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        offset, h, w = (int(v) for v in self.rows[i])
+        return self.data[offset: offset + h * w * 3].reshape(h, w, 3)
+
+    def shape_of(self, i: int) -> tuple[int, int]:
+        """(height, width) of image i, without reading it."""
+        return int(self.rows[i, 1]), int(self.rows[i, 2])
+
+    def __getstate__(self):
+        return {**self.__dict__, "_data": None}
+
+
+def rows_path(data_path) -> Path:
+    data_path = Path(data_path)
+    return data_path.with_name(data_path.name[: -len(".u8")] + ".rows.npy")
 
 
 @dataclass
 class ImageCache:
-    """A built (or reused) cache: row i of `array` is image i of `index`."""
+    """A built (or reused) cache: ``array[i]`` is image i of `index` ([H, W, 3] uint8, shorter side = size)."""
 
-    array: np.ndarray      # uint8 [N, S, S, 3], memory-mapped read-only
+    array: RaggedImages    # memory-mapped read-only
     index: DatasetIndex    # the cached images (undecodable ones dropped when skip_bad=True)
-    path: Path             # the .npy file
+    path: Path             # the byte file (<stem>.u8)
     built: bool            # True if decoded in this call, False if an existing cache was reused
 
 
-def fit_square(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the short side is `size` (bicubic), then center-crop to size x size."""
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    if (nw, nh) != (w, h):
-        img = img.resize((nw, nh), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return img.crop((left, top, left + size, top + size))
-
-
 def decode_resized(path: str, size: int) -> np.ndarray:
-    """Decode one image file into uint8 [size, size, 3]."""
+    """Decode one image file into uint8 [H, W, 3] with min(H, W) == size, aspect kept."""
     img = load_image(path, min_size=size)
-    return np.asarray(fit_square(img, size), dtype=np.uint8)
+    return np.ascontiguousarray(np.asarray(resize_shorter_side(img, size), dtype=np.uint8))
 
 
 def _decode_task(task: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
@@ -93,29 +132,31 @@ def _remove_stale_temps(cache_dir: Path, stem: str) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _try_reuse(npy: Path, meta_path: Path, index: DatasetIndex, size: int, skip_bad: bool) -> ImageCache | None:
-    if not (npy.is_file() and meta_path.is_file()):
+def _try_reuse(data: Path, meta_path: Path, index: DatasetIndex, size: int, skip_bad: bool) -> ImageCache | None:
+    if not (data.is_file() and meta_path.is_file() and rows_path(data).is_file()):
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        array = np.load(npy, mmap_mode="r")
+        images = RaggedImages.open(data)
     except (OSError, ValueError):
         return None
     bad = meta.get("bad", [])
     keep = np.asarray(meta.get("rows", []), dtype=np.int64)
-    if meta.get("num_images") != len(index) or array.shape != (len(keep), size, size, 3):
+    table = images.rows
+    if (meta.get("num_images") != len(index) or meta.get("cache_size") != size or len(table) != len(keep)
+            or not len(table) or data.stat().st_size != int(table[-1, 0] + table[-1, 1] * table[-1, 2] * 3)):
         return None
     if bad and not skip_bad:
         return None  # rebuild: the bad files may have been fixed; still-bad ones are then reported
     sub = index if not bad else index.subset(keep, note=_bad_note(bad))
-    return ImageCache(array=array, index=sub, path=npy, built=False)
+    return ImageCache(array=images, index=sub, path=data, built=False)
 
 
 def _bad_error(bad: list, total: int) -> DataError:
     lines = "\n".join(f"  {p}: {why}" for p, why in bad[:MAX_LISTED])
     more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
     return DataError(f"{len(bad)} of {total} images could not be decoded:\n{lines}{more}\n"
-                     f"Fix or remove them, or pass skip_bad=True to drop them.")
+                     f"Fix or remove them, or pass --skip-bad-images (skip_bad=True) to drop them.")
 
 
 def _bad_note(bad: list) -> str:
@@ -146,10 +187,10 @@ def build_image_cache(index: DatasetIndex, cache_dir, cache_size: int = 256, wor
                       skip_bad: bool = False, progress: bool = True) -> ImageCache:
     """Decode + resize each image of `index` once into cache_dir, or reuse the cache built before.
 
-    Images are resized (short side = cache_size) and center-cropped to cache_size square.
-    Undecodable images: DataError listing them (up to 10) after the whole pass, unless skip_bad,
-    which drops them (returned index is then smaller, with a note). Build the cache before
-    make_splits, so the splits refer to the returned index.
+    Each image is resized so its shorter side is cache_size, keeping its aspect ratio and all of it
+    (transforms.resize_shorter_side). Undecodable images: DataError listing them (up to 10) after
+    the whole pass, unless skip_bad, which drops them (returned index is then smaller, with a note).
+    Build the cache before make_splits, so the splits refer to the returned index.
     """
     if len(index) == 0:
         raise DataError(f"{index.name}: no images to cache.")
@@ -157,60 +198,53 @@ def build_image_cache(index: DatasetIndex, cache_dir, cache_size: int = 256, wor
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{index.name}-{size}px-{cache_key(index, size)}"
-    npy, meta_path = cache_dir / f"{stem}.npy", cache_dir / f"{stem}.json"
-    reused = _try_reuse(npy, meta_path, index, size, skip_bad)
+    data, meta_path = cache_dir / f"{stem}.u8", cache_dir / f"{stem}.json"
+    reused = _try_reuse(data, meta_path, index, size, skip_bad)
     if reused is not None:
         return reused
 
     _remove_stale_temps(cache_dir, stem)
     n = len(index)
-    tmp = cache_dir / f"{stem}.tmp-{os.getpid()}.npy"
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
-    bad, good = [], []
+    tmp = cache_dir / f"{stem}.tmp-{os.getpid()}.u8"
+    tmp_rows = cache_dir / f"{stem}.tmp-{os.getpid()}.rows.npy"
+    bad, good, table, offset = [], [], [], 0
     try:
-        tasks = [(p, size) for p in index.paths]
-        for i, arr, why in _decode_all(tasks, workers, progress, f"caching {index.name} @{size}px"):
-            if arr is None:
-                bad.append((index.paths[i], why))
-            else:
-                array[i] = arr
+        with open(tmp, "wb") as out:
+            tasks = [(p, size) for p in index.paths]
+            for i, arr, why in _decode_all(tasks, workers, progress, f"caching {index.name} @{size}px"):
+                if arr is None:
+                    bad.append((index.paths[i], why))
+                    continue
+                out.write(arr.tobytes())
+                table.append((offset, arr.shape[0], arr.shape[1]))
+                offset += arr.size
                 good.append(i)
         if bad and not skip_bad:
             raise _bad_error(bad, n)
-        if bad and not good:
+        if not good:
             raise DataError(f"{index.name}: none of the {n} images could be decoded; first: "
                             f"{bad[0][0]}: {bad[0][1]}")
-        if bad:  # compact the good rows into a smaller file
-            compact_tmp = cache_dir / f"{stem}.tmp-{os.getpid()}.compact.npy"
-            compact = np.lib.format.open_memmap(compact_tmp, mode="w+", dtype=np.uint8,
-                                                shape=(len(good), size, size, 3))
-            for j, i in enumerate(good):
-                compact[j] = array[i]
-            compact.flush()
-            del compact
-            del array
-            os.replace(compact_tmp, tmp)
-        else:
-            array.flush()
-            del array
-        meta = {"version": CACHE_VERSION, "name": index.name, "cache_size": size, "num_images": n,
-                "rows": good, "bad": [list(b) for b in bad]}
+        np.save(tmp_rows, np.asarray(table, dtype=np.int64))
+        meta = {"version": CACHE_VERSION, "name": index.name, "cache_size": size, "resize": "shorter_side",
+                "num_images": n, "rows": good, "bad": [list(b) for b in bad]}
         fd, meta_tmp = tempfile.mkstemp(prefix=meta_path.name + ".", suffix=".tmp", dir=cache_dir)
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
         os.replace(meta_tmp, meta_path)
-        os.replace(tmp, npy)  # last: a finished .npy means a complete cache
+        os.replace(tmp_rows, rows_path(data))
+        os.replace(tmp, data)  # last: a finished byte file means a complete cache
     finally:
-        for leftover in (tmp, cache_dir / f"{stem}.tmp-{os.getpid()}.compact.npy"):
+        for leftover in (tmp, tmp_rows):
             leftover.unlink(missing_ok=True)
     sub = index if not bad else index.subset(np.asarray(good), note=_bad_note(bad))
-    return ImageCache(array=np.load(npy, mmap_mode="r"), index=sub, path=npy, built=True)
+    return ImageCache(array=RaggedImages.open(data), index=sub, path=data, built=True)
 
 
 class CachedImageDataset(Dataset):
-    """(image tensor, label) pairs read from a cache array.
+    """(image tensor, label) pairs read from a cache.
 
-    cache: an ImageCache, a uint8 [N, H, W, 3] array / memmap, or the path of a cache .npy file.
+    cache: an ImageCache, its RaggedImages, the path of its byte file (.u8), or any uint8
+    [N, H, W, 3] array / memmap (one shape for all images).
     labels: int64 [N] or float32 [N, C], aligned with the cache rows (e.g. ImageCache.index.labels).
     indices: which rows this dataset serves (e.g. splits["train"]); all rows if None.
     transform: applied to a PIL RGB image (e.g. build_transforms(cfg, train=True)); without one
@@ -224,11 +258,11 @@ class CachedImageDataset(Dataset):
         self._path = None
         self._array = None
         if isinstance(cache, (str, os.PathLike)):
-            self._path = os.fspath(cache)
-        elif isinstance(cache, np.memmap) and cache.filename:
+            cache = RaggedImages.open(cache)
+        if isinstance(cache, np.memmap) and cache.filename:
             self._path, self._array = cache.filename, cache
         else:
-            self._array = np.asarray(cache)
+            self._array = cache if isinstance(cache, RaggedImages) else np.asarray(cache)
         rows = len(self.array)
         self.labels = np.asarray(labels)
         if len(self.labels) != rows:
@@ -239,7 +273,7 @@ class CachedImageDataset(Dataset):
         self.transform = transform
 
     @property
-    def array(self) -> np.ndarray:
+    def array(self):
         if self._array is None:
             self._array = np.load(self._path, mmap_mode="r")
         return self._array

@@ -1,4 +1,4 @@
-"""DatasetIndex: what every dataset loader returns (paths, labels, classes, groups, official test)."""
+"""DatasetIndex: what every dataset loader returns (paths, labels, classes, groups, subgroups, official test)."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,14 @@ from .errors import DataError
 class DatasetIndex:
     """An indexed dataset: image paths with their labels.
 
-    labels: int64 [N] class ids (single-label) or float32 [N, C] 0/1 (multi-label).
+    labels: int64 [N] class ids (single-label) or float32 [N, C] 0/1 (multi-label; -1 = unknown, e.g. a
+        CheXpert uncertain label under the 'ignore' policy: left out of the loss and the metrics).
     groups: e.g. lesion or patient id per image; splits never separate a group.
+    subgroups: demographic / clinical attributes for fairness metrics, attribute name -> str array [N]
+        of per-image values, e.g. {"sex": ["F", "M", ...], "age": ["<40", "60-79", ...]}. Values are
+        already normalised and binned by the loader (trainer/data/subgroups.py: normalise_sex,
+        bin_ages, ...); a missing value is "unknown", never dropped. Kept aligned by subset().
+        Empty dict when the dataset carries no such metadata.
     official_test: bool [N] where the dataset defines its own test list.
     root: the data_dir the paths were found under (saved splits store paths relative to it).
     """
@@ -26,6 +32,7 @@ class DatasetIndex:
     multilabel: bool = False
     groups: list[str] | None = None
     official_test: np.ndarray | None = None
+    subgroups: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     root: str | None = None
 
@@ -47,6 +54,10 @@ class DatasetIndex:
             self.groups = [str(g) for g in self.groups]
             if len(self.groups) != n:
                 raise DataError(f"{self.name}: {len(self.groups)} groups for {n} images.")
+        self.subgroups = {str(k): np.asarray(v).astype(str) for k, v in (self.subgroups or {}).items()}
+        for key, values in self.subgroups.items():
+            if values.shape != (n,):
+                raise DataError(f"{self.name}: subgroup {key!r} has {values.shape} values for {n} images.")
         if self.official_test is not None:
             self.official_test = np.asarray(self.official_test, dtype=bool)
             if self.official_test.shape != (n,):
@@ -63,7 +74,7 @@ class DatasetIndex:
     def class_counts(self) -> dict[str, int]:
         """Images per class (positives per class for multi-label)."""
         if self.multilabel:
-            counts = self.labels.sum(axis=0)
+            counts = (self.labels > 0.5).sum(axis=0)
         else:
             counts = np.bincount(self.labels, minlength=len(self.class_names))
         return {c: int(k) for c, k in zip(self.class_names, counts)}
@@ -84,6 +95,7 @@ class DatasetIndex:
             labels=self.labels[pos],
             groups=None if self.groups is None else [self.groups[i] for i in pos],
             official_test=None if self.official_test is None else self.official_test[pos],
+            subgroups={k: v[pos] for k, v in self.subgroups.items()},
             notes=notes,
         )
 

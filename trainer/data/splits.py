@@ -20,6 +20,24 @@ SPLITS = ("train", "val", "test")
 FORMAT = "medpeft-splits"
 VERSION = 1
 
+# (val_frac, test_frac) per dataset: the training share that reproduces the n_train Dutt et al. 2024
+# report (trainer/reference/dutt2024_reported.csv) on the full public dataset, within 1%; counts are
+# images (one per patient for RSNA). docs/paper_vs_here.md ("Split sizes") has the table.
+SPLIT_DEFAULTS: dict[str, tuple[float, float]] = {
+    "breastus": (0.10, 0.15),        # 75%: 585 of 780 images (paper 584)
+    "ham10000": (0.10, 0.15),        # 75%: 7,511 of 10,015 (paper 7,511)
+    "fitzpatrick17k": (0.10, 0.15),  # 75%: 12,433 of 16,577; the paper's 5,809 is a subset it does not name
+    "smdg": (0.10, 0.10),            # 80% of the 12,316 non-suspect images: 9,853 (paper 9,852)
+    "rsna_pneumonia": (0.085, 0.15),  # 76.5% (test 15%, val 10% of the rest): 20,413 of 26,684 (paper 20,412)
+}
+GENERIC_SPLIT = (0.10, 0.20)
+"""(val_frac, test_frac) of the other datasets (your own data; chestxray14 carves val from its official list)."""
+
+
+def default_fractions(dataset: str) -> tuple[float, float]:
+    """(val_frac, test_frac) used when a run does not set them: SPLIT_DEFAULTS, else GENERIC_SPLIT."""
+    return SPLIT_DEFAULTS.get(str(dataset).lower(), GENERIC_SPLIT)
+
 
 def _strata(index: DatasetIndex) -> np.ndarray:
     """[N, K] 0/1 matrix of what each image counts towards: its class (single-label), or its
@@ -138,8 +156,8 @@ def _subsample_train(train: np.ndarray, index: DatasetIndex, fraction: float, rn
 def _check_train_classes(index: DatasetIndex, train: np.ndarray) -> None:
     """Single-label: DataError naming classes that have images but none for training."""
     if index.multilabel:
-        have = index.labels.sum(axis=0) > 0
-        in_train = index.labels[train].sum(axis=0) > 0
+        have = (index.labels > 0.5).sum(axis=0) > 0
+        in_train = (index.labels[train] > 0.5).sum(axis=0) > 0
     else:
         have = np.bincount(index.labels, minlength=index.num_classes()) > 0
         in_train = np.bincount(index.labels[train], minlength=index.num_classes()) > 0
@@ -154,10 +172,12 @@ def _check_train_classes(index: DatasetIndex, train: np.ndarray) -> None:
         raise DataError(message + " Add images or remove the class.")
 
 
-def make_splits(index: DatasetIndex, seed: int, val_frac: float = 0.1, test_frac: float = 0.2,
+def make_splits(index: DatasetIndex, seed: int, val_frac: float | None = None, test_frac: float | None = None,
                 fraction: float = 1.0) -> dict[str, np.ndarray]:
     """Split an index into {"train", "val", "test"}: sorted int64 arrays of image positions.
 
+    - val_frac / test_frac None: the dataset's default (default_fractions(index.name)), which
+      reproduces the paper's training-set size; shares are of images (groups kept whole);
     - stratified by class (multi-label: by every label and 'no finding'), grouped (a group never
       spans two splits), deterministic for a given seed;
     - with index.official_test, test is that list and val_frac is carved from the remaining images
@@ -165,6 +185,9 @@ def make_splits(index: DatasetIndex, seed: int, val_frac: float = 0.1, test_frac
     - fraction < 1 subsamples the train split only, stratified, keeping at least one image of
       each class. A single-label class without any training image is a DataError.
     """
+    default_val, default_test = default_fractions(index.name)
+    val_frac = default_val if val_frac is None else val_frac
+    test_frac = default_test if test_frac is None else test_frac
     _check_fracs(val_frac, test_frac, fraction)
     n = len(index)
     if n == 0:

@@ -1,11 +1,77 @@
-"""timm preprocessing built from a model's data config (as saved with an adapter)."""
+"""Preprocessing: the resize the decoded-image cache applies, and timm transforms built from a
+model's data config (as saved with an adapter).
+
+Training and inference run the same two steps:
+
+1. ``pre_resize``: the whole image, resized (bicubic) so its shorter side is ``cache_size_for(cfg)``,
+   aspect kept, nothing cut off. This is what the image cache stores; the adapter's data config
+   records it under ``"pre_resize"`` (``{"mode": "shorter_side", "size": S, "interpolation": "bicubic"}``)
+   so the predictor repeats it.
+2. the timm transform (``build_transforms``): for evaluation timm's own eval transform, a resize of
+   the shorter side to ``floor(input / crop_pct)`` (= S, so a no-op on cached images) and a centre
+   crop of ``input`` pixels; for training, timm's random-resized crop taken from the whole image.
+
+Adapters saved before "pre_resize" existed were trained on centre-cropped squares (the cache cut
+every image to a square of ``ceil(input / crop_pct)`` pixels); ``pre_resize`` reproduces that for them.
+"""
 from __future__ import annotations
 
+import math
+
+from PIL import Image
 from timm.data import create_transform
 
 from .errors import DataError
 
 CONFIG_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+PRE_RESIZE = "pre_resize"
+SHORTER_SIDE = "shorter_side"
+LEGACY_SQUARE = "center_square"
+
+
+def cache_size_for(data_cfg: dict) -> int:
+    """Shorter side of cached images: timm's eval resize, floor(input / crop_pct) (crop_pct <= 1)."""
+    size = max(int(v) for v in data_cfg["input_size"][-2:])
+    return int(math.floor(size / min(1.0, data_cfg.get("crop_pct", 1.0) or 1.0)))
+
+
+def pre_resize_config(data_cfg: dict) -> dict:
+    """The ``"pre_resize"`` entry a data config records for the cache's resize."""
+    return {"mode": SHORTER_SIDE, "size": cache_size_for(data_cfg), "interpolation": "bicubic"}
+
+
+def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
+    """Resize (bicubic) so the shorter side is `size`, keeping the aspect ratio and the whole image.
+
+    The longer side is int(size * long / short), as torchvision's Resize(size) computes it, so the
+    result equals timm's eval resize of the original (which then leaves the cached image as is)."""
+    w, h = img.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    if new == (w, h):
+        return img
+    return img.resize(new, Image.Resampling.BICUBIC)
+
+
+def center_square(img: Image.Image, size: int) -> Image.Image:
+    """The cache's former resize: shorter side to `size`, then a centre crop to size x size."""
+    img = resize_shorter_side(img, size)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def pre_resize(img: Image.Image, data_cfg: dict) -> Image.Image:
+    """Apply the resize recorded in `data_cfg` (see the module docstring) to a PIL RGB image."""
+    spec = data_cfg.get(PRE_RESIZE)
+    if spec is None:  # saved before the cache kept whole images
+        size = data_cfg["input_size"][-1] / min(1.0, data_cfg.get("crop_pct", 1.0) or 1.0)
+        return center_square(img, int(math.ceil(size)))
+    mode = spec.get("mode") if isinstance(spec, dict) else None
+    if mode == SHORTER_SIDE:
+        return resize_shorter_side(img, int(spec["size"]))
+    if mode == LEGACY_SQUARE:
+        return center_square(img, int(spec["size"]))
+    raise DataError(f"data config: unknown pre_resize {spec!r}; expected mode {SHORTER_SIDE!r} or {LEGACY_SQUARE!r}.")
 
 
 def build_transforms(data_cfg: dict, train: bool = False, **overrides):

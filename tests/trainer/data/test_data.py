@@ -1,4 +1,5 @@
-"""Tests of trainer.data: DICOM and image decoding, dataset layouts, splits and the image cache.
+"""Tests of trainer.data: DICOM and image decoding, dataset layouts (splits: test_splits.py, the image
+cache: test_cache.py).
 
 Real files where they exist offline: pydicom's and pydicom-data's DICOM examples, and the real
 RSNA pneumonia and NIH ChestX-ray14 label tables shipped inside torchxrayvision.
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
-import pickle
 import shutil
 import struct
 import warnings
@@ -20,15 +19,12 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
 
-import trainer.data.cache as cache_mod
-from trainer.data import (DATASETS, CachedImageDataset, DataError, DatasetIndex, build_image_cache,
-                          build_transforms, is_dicom, load_dataset, load_image, load_splits, make_splits,
-                          read_dicom, read_nih_labels, read_rsna_labels, save_splits)
+from trainer.data import (DATASETS, DataError, is_dicom, load_dataset, load_image, read_dicom, read_nih_labels,
+                          read_rsna_labels)
 from trainer.data.dicom import dicom_to_uint8
 
 TXV_DATA = Path(__import__("torchxrayvision").__file__).parent / "data"
@@ -471,220 +467,8 @@ def test_csv_loader(tmp_path):
 
 def test_registry_and_options(tmp_path):
     assert set(DATASETS) == {"ham10000", "breastus", "fitzpatrick17k", "smdg", "rsna_pneumonia",
-                             "chestxray14", "imagefolder", "csv"}
+                             "chestxray14", "chexpert", "imagefolder", "csv"}
     with pytest.raises(DataError, match="Unknown dataset"):
         load_dataset("mnist", tmp_path)
     with pytest.raises(DataError, match="Unknown option"):
         load_dataset("ham10000", tmp_path, task="x")
-
-
-# ----------------------------------------------------------------------------- splits
-
-def synthetic_index(n_groups=120, seed=0, multilabel=False, official_test=None) -> DatasetIndex:
-    """Patients with 1-4 images each; imbalanced classes (labels are per patient)."""
-    rng = np.random.default_rng(seed)
-    paths, groups, labels = [], [], []
-    for g in range(n_groups):
-        label = rng.choice(3, p=[0.6, 0.3, 0.1]) if not multilabel else (rng.random(4) < [0.3, 0.2, 0.1, 0.05])
-        for k in range(rng.integers(1, 5)):
-            paths.append(f"/data/set/p{g:03d}/img{k}.png")
-            groups.append(f"p{g:03d}")
-            labels.append(label)
-    labels = np.asarray(labels, dtype=np.float32 if multilabel else np.int64)
-    classes = ["a", "b", "c", "d"] if multilabel else ["common", "medium", "rare"]
-    return DatasetIndex("synthetic", paths, labels, classes, multilabel=multilabel, groups=groups,
-                        official_test=official_test)
-
-
-def groups_of(index, pos):
-    return {index.groups[i] for i in pos}
-
-
-def test_splits_grouped_stratified_and_complete():
-    index = synthetic_index()
-    s = make_splits(index, seed=0)
-    all_pos = np.concatenate([s["train"], s["val"], s["test"]])
-    assert sorted(all_pos.tolist()) == list(range(len(index)))            # partition
-    g = {k: groups_of(index, v) for k, v in s.items()}
-    assert not (g["train"] & g["val"] or g["train"] & g["test"] or g["val"] & g["test"])
-    n = len(index)
-    assert abs(len(s["test"]) / n - 0.2) < 0.05 and abs(len(s["val"]) / n - 0.1) < 0.05
-    for name, pos in s.items():
-        counts = np.bincount(index.labels[pos], minlength=3)
-        assert (counts > 0).all(), (name, counts)                          # each class in each split
-        share = counts / counts.sum()
-        overall = np.bincount(index.labels, minlength=3) / n
-        assert np.abs(share - overall).max() < 0.1
-
-
-def test_splits_deterministic_by_seed():
-    index = synthetic_index()
-    a, b, c = make_splits(index, seed=3), make_splits(index, seed=3), make_splits(index, seed=4)
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    assert not all(np.array_equal(a[k], c[k]) for k in a)
-
-
-def test_splits_multilabel_grouped():
-    index = synthetic_index(n_groups=200, multilabel=True)
-    s = make_splits(index, seed=1)
-    g = {k: groups_of(index, v) for k, v in s.items()}
-    assert not (g["train"] & g["val"] or g["train"] & g["test"] or g["val"] & g["test"])
-    for pos in s.values():
-        assert (index.labels[pos].sum(axis=0) > 0).all()                   # every label in every split
-
-
-def test_splits_official_test():
-    base = synthetic_index()
-    official = np.asarray([grp < "p030" for grp in base.groups])
-    index = synthetic_index(official_test=official)
-    s = make_splits(index, seed=0, test_frac=0.5)
-    assert np.array_equal(s["test"], np.flatnonzero(official))
-    rest = (~official).sum()
-    assert abs(len(s["val"]) / rest - 0.1) < 0.05 and len(s["train"]) + len(s["val"]) == rest
-    assert not groups_of(index, s["test"]) & groups_of(index, s["train"])
-
-
-def test_fraction_subsamples_train_only():
-    index = synthetic_index(n_groups=300)
-    full = make_splits(index, seed=0)
-    part = make_splits(index, seed=0, fraction=0.25)
-    assert np.array_equal(full["val"], part["val"]) and np.array_equal(full["test"], part["test"])
-    assert set(part["train"]) < set(full["train"])
-    assert abs(len(part["train"]) / len(full["train"]) - 0.25) < 0.05
-    tiny = make_splits(index, seed=0, fraction=0.002)           # rounds to 0 for the smaller classes
-    assert (np.bincount(index.labels[tiny["train"]], minlength=3) >= 1).all()
-    for bad in (0.0, 1.5):
-        with pytest.raises(DataError, match="fraction"):
-            make_splits(index, seed=0, fraction=bad)
-    with pytest.raises(DataError, match="val_frac"):
-        make_splits(index, seed=0, val_frac=0.5, test_frac=0.5)
-
-
-def test_class_without_training_images_is_an_error():
-    index = synthetic_index()
-    official = index.labels == 2                     # every "rare" image in the official test list
-    index = synthetic_index(official_test=official)
-    with pytest.raises(DataError, match="rare"):
-        make_splits(index, seed=0, fraction=0.5)
-
-
-def test_save_load_splits_round_trip(tmp_path):
-    index = synthetic_index()
-    s = make_splits(index, seed=0, fraction=0.5)
-    path = save_splits(s, index, tmp_path / "run" / "splits.json", meta={"seed": 0})
-    doc = json.loads(path.read_text())
-    assert doc["dataset"] == "synthetic" and doc["meta"] == {"seed": 0}
-    assert doc["splits"]["train"][0].startswith("p") and not doc["splits"]["train"][0].startswith("/")
-    assert sum(doc["counts"]["test"].values()) == len(s["test"])
-    loaded = load_splits(path, index)
-    assert all(np.array_equal(loaded[k], s[k]) for k in s)
-    moved = DatasetIndex("synthetic", [p.replace("/data/set", "/mnt/other") for p in index.paths],
-                         index.labels, index.class_names, groups=index.groups)
-    assert all(np.array_equal(load_splits(path, moved)[k], s[k]) for k in s)   # relative paths
-    fewer = index.subset(np.arange(1, len(index)))
-    with pytest.raises(DataError, match="not in the dataset"):
-        load_splits(path, fewer)
-    other = DatasetIndex("other", index.paths, index.labels, index.class_names)
-    with pytest.raises(DataError, match="synthetic"):
-        load_splits(path, other)
-
-
-# ----------------------------------------------------------------------------- cache
-
-def image_folder_index(tmp_path, n=6) -> DatasetIndex:
-    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
-    paths = []
-    for i in range(n):
-        size = (40, 24) if i % 2 else (24, 40)                # non-square both ways
-        paths.append(str(save_png(tmp_path / "imgs" / f"{i}.png", color=colors[i % 6], size=size)))
-    return DatasetIndex("tiny", paths, np.arange(n) % 2, ["x", "y"])
-
-
-def test_cache_built_once_and_reused(tmp_path, monkeypatch):
-    index = image_folder_index(tmp_path)
-    calls = []
-    real = cache_mod.decode_resized
-    monkeypatch.setattr(cache_mod, "decode_resized", lambda p, s: calls.append(p) or real(p, s))
-    first = build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, progress=False)
-    assert first.built and len(calls) == 6
-    assert first.array.shape == (6, 16, 16, 3) and first.array.dtype == np.uint8
-    assert (first.array[0] == (255, 0, 0)).all() and (first.array[2] == (0, 0, 255)).all()
-    second = build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, progress=False)
-    assert not second.built and len(calls) == 6                          # no decoding the second time
-    assert np.array_equal(np.asarray(second.array), np.asarray(first.array))
-    other_size = build_image_cache(index, tmp_path / "cache", cache_size=12, workers=0, progress=False)
-    assert other_size.built and len(calls) == 12 and other_size.array.shape[1:3] == (12, 12)
-
-
-def test_cache_pool_matches_in_process(tmp_path):
-    index = image_folder_index(tmp_path)
-    a = build_image_cache(index, tmp_path / "c1", cache_size=16, workers=0, progress=False)
-    b = build_image_cache(index, tmp_path / "c2", cache_size=16, workers=2, progress=False)
-    assert np.array_equal(np.asarray(a.array), np.asarray(b.array))
-
-
-def test_cache_reports_bad_images_or_skips_them(tmp_path, monkeypatch):
-    index = image_folder_index(tmp_path)
-    Path(index.paths[1]).write_text("not an image")
-    data = Path(index.paths[4]).read_bytes()
-    Path(index.paths[4]).write_bytes(data[: len(data) // 2])
-    calls = []
-    real = cache_mod.decode_resized
-    monkeypatch.setattr(cache_mod, "decode_resized", lambda p, s: calls.append(p) or real(p, s))
-    with pytest.raises(DataError) as err:
-        build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, progress=False)
-    message = str(err.value)
-    assert "2 of 6 images could not be decoded" in message
-    assert index.paths[1] in message and index.paths[4] in message
-    assert len(calls) == 6                                              # reported after the whole pass
-    assert not list((tmp_path / "cache").glob("*.npy"))                 # nothing left that looks finished
-    kept = build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, skip_bad=True, progress=False)
-    assert kept.built and len(kept.index) == 4 and kept.array.shape[0] == 4
-    assert index.paths[1] not in kept.index.paths and any("2 undecodable" in n for n in kept.index.notes)
-    assert (kept.array[1] == (0, 0, 255)).all()                         # rows follow the kept index
-    again = build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, skip_bad=True, progress=False)
-    assert not again.built and again.index.paths == kept.index.paths
-
-
-def test_cache_survives_killed_build(tmp_path, monkeypatch):
-    index = image_folder_index(tmp_path)
-    real = cache_mod.decode_resized
-
-    def dies_midway(path, size):
-        if path == index.paths[3]:
-            raise KeyboardInterrupt
-        return real(path, size)
-
-    monkeypatch.setattr(cache_mod, "decode_resized", dies_midway)
-    with pytest.raises(KeyboardInterrupt):
-        build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, progress=False)
-    assert not list((tmp_path / "cache").glob("*.npy"))
-    monkeypatch.setattr(cache_mod, "decode_resized", real)
-    done = build_image_cache(index, tmp_path / "cache", cache_size=16, workers=0, progress=False)
-    assert done.built and done.array.shape == (6, 16, 16, 3)
-
-
-def test_cached_dataset_with_timm_transforms(tmp_path):
-    index = image_folder_index(tmp_path)
-    cache = build_image_cache(index, tmp_path / "cache", cache_size=32, workers=0, progress=False)
-    cfg = {"input_size": [3, 24, 24], "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-           "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center", "num_classes": 2}
-    splits = {"train": np.array([0, 1, 2, 3]), "val": np.array([4, 5])}
-    train = CachedImageDataset(cache, cache.index.labels, splits["train"], build_transforms(cfg, train=True))
-    val = CachedImageDataset(cache.array, cache.index.labels, splits["val"], build_transforms(cfg, train=False))
-    x, y = val[0]
-    assert x.shape == (3, 24, 24) and y.dtype == torch.int64 and int(y) == 0
-    # red (255, 0, 0) after normalisation: (1 - .5) / .25 = 2 and (0 - .5) / .25 = -2
-    green = val[1][0]                                                    # image 5 is magenta
-    assert torch.allclose(green[:, 12, 12], torch.tensor([2.0, -2.0, 2.0]), atol=1e-4)
-    assert train[0][0].shape == (3, 24, 24) and len(train) == 4
-    batch = next(iter(torch.utils.data.DataLoader(val, batch_size=2)))
-    assert batch[0].shape == (2, 3, 24, 24) and batch[1].tolist() == [0, 1]
-    assert len(pickle.dumps(val)) < 10_000                               # the cache is reopened, not pickled
-    plain = CachedImageDataset(str(cache.path), cache.index.labels)
-    x0, _ = plain[0]
-    assert x0.shape == (3, 32, 32) and float(x0[0].mean()) == pytest.approx(1.0)
-    ml = CachedImageDataset(cache, np.eye(6, 3, dtype=np.float32))
-    assert ml[1][1].dtype == torch.float32 and ml[1][1].tolist() == [0.0, 1.0, 0.0]
-    with pytest.raises(DataError, match="labels"):
-        CachedImageDataset(cache, np.zeros(3))

@@ -8,6 +8,7 @@ from ..errors import DataError
 from ..index import DatasetIndex
 from .breastus import load_breastus
 from .chestxray14 import load_chestxray14, read_nih_labels
+from .chexpert import load_chexpert, read_chexpert_labels
 from .fitzpatrick17k import load_fitzpatrick17k
 from .generic import load_csv, load_imagefolder
 from .ham10000 import load_ham10000
@@ -21,6 +22,7 @@ DATASETS: dict[str, Callable[..., DatasetIndex]] = {
     "smdg": load_smdg,
     "rsna_pneumonia": load_rsna_pneumonia,
     "chestxray14": load_chestxray14,
+    "chexpert": load_chexpert,
     "imagefolder": load_imagefolder,
     "csv": load_csv,
 }
@@ -39,5 +41,5 @@ def load_dataset(name: str, data_dir, **options) -> DatasetIndex:
 
 
 __all__ = ["DATASETS", "load_dataset", "read_nih_labels", "read_rsna_labels", "load_ham10000", "load_breastus",
-           "load_fitzpatrick17k", "load_smdg", "load_rsna_pneumonia", "load_chestxray14", "load_imagefolder",
-           "load_csv"]
+           "load_fitzpatrick17k", "load_smdg", "load_rsna_pneumonia", "load_chestxray14", "load_chexpert",
+           "read_chexpert_labels", "load_imagefolder", "load_csv"]

@@ -13,6 +13,7 @@ import pandas as pd
 from ..errors import DataError, short_list
 from ..index import DatasetIndex
 from ..scan import find_file, index_files_by_stem, require_dir
+from ..subgroups import DEFAULT_AGE_BINS, demographics
 from .common import match_images, read_table
 
 CLASSES = ["Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
@@ -52,8 +53,11 @@ def _read_list(path: Path) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-def load_chestxray14(data_dir, official_split: bool = True) -> DatasetIndex:
-    """ChestX-ray14, multi-label over 14 findings; groups = Patient ID; official_test from test_list.txt."""
+def load_chestxray14(data_dir, official_split: bool = True, age_bins=DEFAULT_AGE_BINS) -> DatasetIndex:
+    """ChestX-ray14, multi-label over 14 findings; groups = Patient ID; official_test from test_list.txt.
+
+    subgroups: sex (Patient Gender) and age (Patient Age, binned at `age_bins`).
+    """
     root = require_dir(data_dir, EXPECTED)
     csv = find_file(root, ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], EXPECTED)
     df, matrix = read_nih_labels(csv)
@@ -72,4 +76,5 @@ def load_chestxray14(data_dir, official_split: bool = True) -> DatasetIndex:
             official_test = np.asarray([n.strip() in test_names for n in df["Image Index"]], dtype=bool)
     return DatasetIndex(name="chestxray14", paths=paths, labels=matrix, class_names=list(CLASSES),
                         multilabel=True, groups=df["Patient ID"].str.strip().tolist(),
-                        official_test=official_test, notes=notes, root=str(root))
+                        official_test=official_test, notes=notes, root=str(root),
+                        subgroups=demographics(df, "Patient Gender", "Patient Age", age_bins))

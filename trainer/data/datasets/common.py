@@ -61,10 +61,10 @@ def match_images(name: str, root: Path, stems: list[str], images: dict[str, str]
 
 def single_label_index(name: str, root: Path, paths: list[str], label_names: list[str],
                        class_names: list[str], groups=None, notes=None,
-                       official_test=None) -> DatasetIndex:
+                       official_test=None, subgroups=None) -> DatasetIndex:
     """DatasetIndex from per-image class names (already validated)."""
     lookup = {c: i for i, c in enumerate(class_names)}
     labels = np.asarray([lookup[v] for v in label_names], dtype=np.int64)
     return DatasetIndex(name=name, paths=paths, labels=labels, class_names=list(class_names),
                         multilabel=False, groups=groups, official_test=official_test,
-                        notes=list(notes or []), root=str(root))
+                        subgroups=dict(subgroups or {}), notes=list(notes or []), root=str(root))

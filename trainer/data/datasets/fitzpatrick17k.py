@@ -8,6 +8,7 @@ from __future__ import annotations
 from ..errors import DataError
 from ..index import DatasetIndex
 from ..scan import find_file, index_files_by_stem, require_dir
+from ..subgroups import group_fitzpatrick
 from .common import match_images, read_table, single_label_index
 
 TASKS = ("three_partition_label", "nine_partition_label", "label")
@@ -21,6 +22,7 @@ def load_fitzpatrick17k(data_dir, task: str = "three_partition_label") -> Datase
     """Fitzpatrick 17k; task = three_partition_label (3 classes, default) | nine_partition_label | label (114).
 
     Classes are the task column's values, sorted. groups = md5hash (duplicate rows stay together).
+    subgroups: skin_type from fitzpatrick_scale, grouped I-II / III-IV / V-VI (-1 or missing: unknown).
     """
     if task not in TASKS:
         raise DataError(f"fitzpatrick17k: unknown task {task!r}; expected one of {list(TASKS)}.")
@@ -43,5 +45,6 @@ def load_fitzpatrick17k(data_dir, task: str = "three_partition_label") -> Datase
     absent = [c for c in class_names if c not in present]
     if absent:
         notes.append(f"classes without any downloaded image (kept in class_names): {absent}")
+    subgroups = {"skin_type": group_fitzpatrick(df["fitzpatrick_scale"])} if "fitzpatrick_scale" in df else {}
     return single_label_index("fitzpatrick17k", root, paths, df[task].tolist(), class_names,
-                              groups=df["md5hash"].tolist(), notes=notes)
+                              groups=df["md5hash"].tolist(), notes=notes, subgroups=subgroups)

@@ -1,6 +1,7 @@
 """Your own data: a folder per class (`imagefolder`) or a CSV of path,label (`csv`)."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ from ..errors import DataError, layout_error, short_list
 from ..images import IMAGE_EXTENSIONS
 from ..index import DatasetIndex
 from ..scan import require_dir, walk_files
+from ..subgroups import DEFAULT_AGE_BINS, UNKNOWN, column_subgroups, parse_columns
 from .common import read_table, single_label_index
 
 SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
@@ -18,8 +20,11 @@ IMAGEFOLDER_EXPECTED = """data_dir/
 or, with an official split:
   train/<class>/..., val/<class>/... (optional), test/<class>/..."""
 CSV_EXPECTED = """<csv_path>  (default data_dir/labels.csv)
-  path,label[,group]
+  path,label[,group][,<group_columns>...]
   images/a.png,benign,patient_1    (paths relative to the CSV's folder, or absolute)"""
+METADATA_EXPECTED = """<metadata_csv>  (default data_dir/metadata.csv)
+  path,<group_columns>...          e.g. path,sex,age
+  <class_a>/img1.png,F,63          (paths relative to data_dir, or bare file names)"""
 
 
 def _images_in(folder: Path) -> list[str]:
@@ -39,8 +44,38 @@ def _sort_classes(names) -> list[str]:
         return sorted(names)
 
 
-def load_imagefolder(data_dir) -> DatasetIndex:
-    """data_dir/<class>/**/image files; with train/ [val/] test/ top folders, test/ is the official test."""
+def _metadata_subgroups(root: Path, paths: list[str], metadata_csv, group_columns, age_bins):
+    """subgroups for imagefolder images from a metadata CSV (path,<group_columns>); (subgroups, notes)."""
+    csv = Path(metadata_csv).expanduser() if metadata_csv is not None else root / "metadata.csv"
+    if not csv.is_absolute() and (root / csv).exists():
+        csv = root / csv
+    if not csv.is_file():
+        raise layout_error(f"group columns given but metadata CSV {csv} not found.", METADATA_EXPECTED, root)
+    df = read_table(csv, ["path"], METADATA_EXPECTED, dtype=str, keep_default_na=False)
+    values = column_subgroups(df, group_columns, age_bins)
+    keys = [p.strip().replace("\\", "/").removeprefix("./") for p in df["path"]]
+    by_rel = {k: i for i, k in enumerate(keys)}
+    names = [k.rsplit("/", 1)[-1] for k in keys]
+    counts = Counter(names)
+    by_name = {n: i for i, n in enumerate(names) if counts[n] == 1}   # a bare name must be unambiguous
+    rows = []
+    for path in paths:
+        rel = Path(path).relative_to(root).as_posix()
+        rows.append(by_rel.get(rel, by_name.get(Path(path).name, -1)))
+    rows = np.asarray(rows, dtype=np.int64)
+    out = {c: np.where(rows >= 0, v[np.maximum(rows, 0)], UNKNOWN) for c, v in values.items()}
+    missing = int((rows < 0).sum())
+    notes = [f"{missing} of {len(paths)} images have no row in {csv.name}: their groups are '{UNKNOWN}'"] \
+        if missing else []
+    return out, notes
+
+
+def load_imagefolder(data_dir, group_columns=None, metadata_csv=None, age_bins=DEFAULT_AGE_BINS) -> DatasetIndex:
+    """data_dir/<class>/**/image files; with train/ [val/] test/ top folders, test/ is the official test.
+
+    group_columns (e.g. "sex,age") name columns of metadata_csv (default data_dir/metadata.csv, matched on
+    path relative to data_dir or file name) that become subgroups; a column named age is binned at age_bins.
+    """
     root = require_dir(data_dir, IMAGEFOLDER_EXPECTED)
     top = _subdirs(root)
     split_mode = bool(top) and all(d.name.lower() in SPLIT_FOLDERS for d in top) and \
@@ -65,12 +100,19 @@ def load_imagefolder(data_dir) -> DatasetIndex:
     if split_mode:
         official_test = np.asarray(is_test, dtype=bool)
         notes.append("train/ and val/ folders are pooled; make_splits carves val from them")
+    subgroups = {}
+    if parse_columns(group_columns):
+        subgroups, more = _metadata_subgroups(root, paths, metadata_csv, group_columns, age_bins)
+        notes += more
     return single_label_index("imagefolder", root, paths, labels, class_names, notes=notes,
-                              official_test=official_test)
+                              official_test=official_test, subgroups=subgroups)
 
 
-def load_csv(data_dir, csv_path=None) -> DatasetIndex:
+def load_csv(data_dir, csv_path=None, group_columns=None, age_bins=DEFAULT_AGE_BINS) -> DatasetIndex:
     """A CSV with columns path,label[,group]; paths relative to the CSV's folder.
+
+    group_columns (e.g. "sex,age") name further columns of the CSV that become subgroups (a column
+    named age is binned at age_bins, sex/gender normalised to F/M).
 
     Classes are the label values, sorted (numerically if all are integers). Rows whose image
     is missing are skipped and counted in the notes (DataError if none is found).
@@ -102,5 +144,6 @@ def load_csv(data_dir, csv_path=None) -> DatasetIndex:
         raise DataError(f"{csv}: found a single class {class_names}; a classifier needs at least 2.")
     groups = df["group"].str.strip().tolist() if "group" in df.columns else None
     paths = [p for p, ok in zip(full, exists) if ok]
+    subgroups = column_subgroups(df, group_columns, age_bins)
     return single_label_index("csv", base, paths, df["label"].tolist(), class_names,
-                              groups=groups, notes=notes)
+                              groups=groups, notes=notes, subgroups=subgroups)
