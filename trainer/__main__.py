@@ -1,28 +1,44 @@
-"""``python -m trainer --method lora --dataset ham10000 --data-dir DATA`` (see ``--help``)."""
+"""``python -m trainer --method lora --dataset ham10000 --data-dir DATA`` (see ``--help``).
+
+Every problem with the command line, the data, the backbone or the Hub ends as one line
+``error: ...`` and exit status 2, checked before anything is written (:mod:`trainer.preflight`).
+"""
 from __future__ import annotations
 
 import sys
 
+from .cli import USAGE
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """The project's typed errors: each carries a message meant for the user."""
+    from adapters import BackboneError, MethodError
+
+    from .config import ConfigError
+    from .data import DataError
+    from .hub import HubError
+
+    return ConfigError, MethodError, BackboneError, DataError, HubError
+
 
 def main(argv: list[str] | None = None) -> int:
-    from adapters import MethodError
-
-    from .config import ConfigError, parse_config
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:
+        print(f"error: nothing to do; usage: {USAGE}", file=sys.stderr)
+        return 2
+    errors = user_errors()
     try:
         from . import run
+        from .cli import parse_config
+        from .preflight import preflight
 
-        run(parse_config(argv))
-    except (ConfigError, MethodError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        cfg = preflight(parse_config(argv))
+        run(cfg)
+    except errors as e:
+        print(f"error: {str(e).strip()}", file=sys.stderr)
         return 2
-    except Exception as e:  # data errors etc.: a plain message, not a traceback
-        from .data import DataError
-
-        if isinstance(e, DataError):
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        raise
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
     except KeyboardInterrupt:
         print("interrupted: the last finished epoch is checkpointed; continue with --resume", file=sys.stderr)
         return 130

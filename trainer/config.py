@@ -1,25 +1,31 @@
 """One configuration dataclass for every run (as in timm's ``train.py``): YAML sets defaults,
 command-line flags override, and the resolved configuration is saved next to the results.
 
+:meth:`TrainConfig.validate` owns every range and choice check (the CLI, HPO, benchmark grids and
+the app all call it); its messages name the option and its flag: ``img_size (--img-size) must be an
+integer of at least 16, got -5``. The parser lives in :mod:`trainer.cli`.
+
 Method hyper-parameters get flags generated from the registry: ``--lora-rank 16``,
 ``--adaptformer-bottleneck 32``, ``--batchnorm-bn-stats frozen`` ... (or ``--hp rank=16``).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from adapters import METHODS, get_method
+from adapters import MethodError, get_method
 from adapters.registry import resolve_hparams
 
 DEFAULT_VIT = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 DEFAULT_CNN = "resnet50.a1_in1k"
+RUNS_DIR = "runs"
+"""Where a run goes without ``output_dir``: ``runs/<method>-<dataset>-<YYYYmmdd-HHMM>``."""
 
 
 class ConfigError(ValueError):
@@ -45,6 +51,7 @@ class TrainConfig:
     cache_dir: str | None = None  # decoded-image cache; default <output_dir>/../.cache
     num_workers: int = 2
     cache_features: bool = True  # linear_probe: train the head on cached frozen-backbone features
+    skip_bad_images: bool = False  # drop undecodable images (listed in the data notes) instead of failing
     # optimisation
     seeds: list[int] = field(default_factory=lambda: [0])
     epochs: int = 20
@@ -69,7 +76,7 @@ class TrainConfig:
     guidance_scale: float = 7.5
     fid_samples: int = 0  # generated images for FID at the end (0: skip)
     # output
-    output_dir: str = "runs/run"
+    output_dir: str | None = None  # None: runs/<method>-<dataset>-<time>
     resume: bool = False
     overwrite: bool = False
     push_to_hub: str | None = None
@@ -82,26 +89,23 @@ class TrainConfig:
         return DEFAULT_VIT if "vit" in fams else DEFAULT_CNN
 
     def validate(self) -> "TrainConfig":
-        if self.task not in ("classification", "generation"):
-            raise ConfigError(f"task must be classification or generation, not {self.task!r}")
+        """Check every option (types, ranges, choices, combinations); fill in the method's default
+        hyper-parameters and the default ``output_dir``. Raises ConfigError naming the option."""
+        check_types(self)
+        _check_choices(self)
+        for name, (lo, hi, lo_open) in RANGES.items():
+            value = getattr(self, name, None)
+            if value is not None:
+                _check_range(name, value, lo, hi, lo_open)
+        _check_combinations(self)
+        method = get_method(self.method)
         try:
-            method = get_method(self.method)
-        except ValueError as e:
+            self.hparams = resolve_hparams(method, self.hparams)
+        except MethodError as e:
             raise ConfigError(str(e)) from None
-        self.hparams = resolve_hparams(method, self.hparams)
-        if not 0 < self.fraction <= 1:
-            raise ConfigError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if not 0 <= self.val_frac < 1 or not 0 <= self.test_frac < 1 or self.val_frac + self.test_frac >= 1:
-            raise ConfigError("val_frac and test_frac must be fractions that leave data to train on")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise ConfigError(f"--mixed-precision must be no, bf16 or fp16, not {self.mixed_precision!r}")
-        for name in ("epochs", "batch_size", "patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr <= 0:
-            raise ConfigError("--lr must be positive")
-        if not self.seeds:
-            raise ConfigError("at least one seed")
+        check_hparams(method.name, self.hparams, method.defaults)
+        if self.output_dir is None:
+            self.output_dir = default_output_dir(self.method, self.dataset)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,115 +118,216 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def flag(name: str) -> str:
+    """The command-line flag of option ``name``: ``img_size`` -> ``--img-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _named(name: str) -> str:
+    return f"{name} ({flag(name)})"
+
+
+# option: (low, high, low is exclusive). Options of other tasks are checked too: a config is one file.
+RANGES: dict[str, tuple[float, float, bool]] = {
+    "img_size": (16, 4096, False), "fraction": (0, 1, True), "val_frac": (0, 0.95, True),
+    "test_frac": (0, 0.95, True), "num_workers": (0, 256, False), "epochs": (1, 100_000, False),
+    "patience": (1, 100_000, False), "batch_size": (1, 65_536, False), "lr": (0, 10, True),
+    "weight_decay": (0, 10, False), "warmup_epochs": (0, 100_000, False), "label_smoothing": (0, 0.99, False),
+    "grad_clip": (0, 1e6, False), "max_steps_per_epoch": (1, 10**9, False), "resolution": (8, 4096, False),
+    "max_train_steps": (1, 10**9, False), "validation_steps": (0, 10**9, False),
+    "num_inference_steps": (1, 1000, False), "guidance_scale": (0, 100, False), "fid_samples": (0, 10**7, False),
+}
+CHOICES: dict[str, tuple[str, ...]] = {"task": ("classification", "generation"),
+                                       "mixed_precision": ("no", "bf16", "fp16")}
+# Hyper-parameters shared by several methods: (low, high, low is exclusive). Method-specific values
+# (``targets``, ``bn_stats``) are checked by the method itself (trainer.preflight applies it first).
+HPARAM_RANGES: dict[str, tuple[float, float, bool]] = {
+    "rank": (1, 4096, False), "alpha": (0, 1e6, True), "dropout": (0, 0.99, False), "bottleneck": (1, 65_536, False),
+    "num_prompts": (1, 4096, False), "init_std": (0, 10, False), "init_scale": (0, 10, False),
+}
+_KINDS = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+_KIND_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+
+
+def _check_range(name: str, value, lo, hi, lo_open, what: str | None = None) -> None:
+    what = what or _named(name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{what} must be a finite number, got {value!r}")
+    kind = "an integer" if isinstance(value, int) else "a number"
+    if value < lo or lo_open and value == lo:
+        bound = f"{'greater than' if lo_open else 'of at least'} {lo}" if hi >= 1e5 else \
+            f"in {'(' if lo_open else '['}{lo}, {hi}]"
+        raise ConfigError(f"{what} must be {kind} {bound}, got {value!r}")
+    if value > hi:
+        raise ConfigError(f"{what} must be {kind} of at most {hi}, got {value!r}")
+
+
+def _kind(annotation: str) -> tuple[str | None, bool]:
+    """(scalar kind or None, None allowed) of a field annotation such as ``int | None``."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    optional = "None" in parts
+    parts = [p for p in parts if p != "None"]
+    return (parts[0] if len(parts) == 1 and parts[0] in _KINDS else None), optional
+
+
+def check_types(cfg: TrainConfig) -> None:
+    """Every scalar option has its declared type (YAML and the app can pass anything). A number
+    written as a string in YAML (``lr: 1e-3`` is a string in YAML 1.1) is read as the number."""
+    for name, f in FIELDS.items():
+        value = getattr(cfg, name)
+        kind, optional = _kind(f.type)
+        if value is None and optional:
+            continue
+        if kind == "float" and isinstance(value, str):
+            try:
+                value = float(value)
+                setattr(cfg, name, value)
+            except ValueError:
+                pass
+        if kind is not None:
+            ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"{_named(name)} must be {_KIND_WORDS[kind]}"
+                                  f"{' or empty' if optional else ''}, got {value!r}")
+    for name, item in (("seeds", int), ("validation_prompts", str)):
+        value = getattr(cfg, name)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) and not isinstance(v, bool)
+                                                           for v in value):
+            raise ConfigError(f"{_named(name)} must be a list of {'integers' if item is int else 'strings'}, "
+                              f"got {value!r}")
+        setattr(cfg, name, list(value))
+    for name in ("hparams", "dataset_options"):
+        if not isinstance(getattr(cfg, name), dict):
+            raise ConfigError(f"{name} must be a mapping of key: value, got {getattr(cfg, name)!r}")
+
+
+def _check_choices(cfg: TrainConfig) -> None:
+    for name, choices in CHOICES.items():
+        if getattr(cfg, name) not in choices:
+            raise ConfigError(f"{_named(name)} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
+    try:
+        method = get_method(cfg.method)
+    except MethodError as e:
+        raise ConfigError(str(e)) from None
+    fams = method.families
+    if cfg.task == "generation" and "unet" not in fams:
+        raise ConfigError(f"method {cfg.method!r} does not apply to the Stable Diffusion U-Net (task generation); "
+                          f"U-Net methods: {', '.join(_methods('unet'))}")
+    if cfg.task == "classification" and not {"vit", "cnn"} & set(fams):
+        raise ConfigError(f"method {cfg.method!r} is for the Stable Diffusion U-Net (--task generation); "
+                          f"classification methods: {', '.join(_methods('vit', 'cnn'))}")
+    datasets = dataset_names(cfg.task)
+    if cfg.dataset not in datasets:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r} for task {cfg.task}; choose one of {', '.join(datasets)}")
+    for name in ("backbone", "data_dir", "cache_dir", "base_model", "output_dir", "push_to_hub"):
+        value = getattr(cfg, name)
+        if value is not None and not value.strip():
+            raise ConfigError(f"{_named(name)} must not be empty")
+    if cfg.push_to_hub is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(cfg.push_to_hub)
+        except HFValidationError:
+            raise ConfigError(f"{_named('push_to_hub')} must be a Hub repo id such as org/name, "
+                              f"got {cfg.push_to_hub!r}") from None
+
+
+def _methods(*families: str) -> list[str]:
+    from adapters import METHODS
+
+    return sorted(m.name for m in METHODS.values() if set(families) & set(m.families))
+
+
+def dataset_names(task: str = "classification") -> list[str]:
+    """The datasets of a task: trainer.data.DATASETS or the text-to-image ones."""
+    if task == "generation":
+        from .data.text2img import GEN_DATASETS
+
+        return list(GEN_DATASETS)
+    from .data import DATASETS
+
+    return list(DATASETS)
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    if not cfg.seeds:
+        raise ConfigError(f"{_named('seeds')} needs at least one seed")
+    if len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError(f"{_named('seeds')} lists a seed twice: {cfg.seeds}")
+    bad = [s for s in cfg.seeds if not 0 <= s < 2**32]
+    if bad:
+        raise ConfigError(f"{_named('seeds')} must be integers in [0, 2**32), got {bad}")
+    if cfg.val_frac + cfg.test_frac >= 1:
+        raise ConfigError(f"val_frac + test_frac (--val-frac, --test-frac) must leave images to train on: "
+                          f"{cfg.val_frac} + {cfg.test_frac} >= 1")
+    if cfg.task == "classification" and cfg.warmup_epochs > cfg.epochs:
+        raise ConfigError(f"{_named('warmup_epochs')} ({cfg.warmup_epochs}) is longer than the run "
+                          f"({_named('epochs')} {cfg.epochs}): the learning rate would never reach --lr")
+    if cfg.task == "generation" and cfg.resolution % 8:
+        raise ConfigError(f"{_named('resolution')} must be a multiple of 8 (the VAE downsamples by 8), "
+                          f"got {cfg.resolution}")
+    if cfg.fid_samples == 1:
+        raise ConfigError(f"{_named('fid_samples')} must be 0 (no FID) or at least 2, got 1")
+    if cfg.resume and cfg.overwrite:
+        raise ConfigError("resume (--resume) and overwrite (--overwrite) contradict each other: continue the run "
+                          "or replace it, not both")
+    if cfg.resume and cfg.output_dir is None:
+        raise ConfigError("resume (--resume) continues a run folder: give its --output-dir")
+
+
+def check_hparams(method: str, hparams: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Each hyper-parameter has its default's type and the range of :data:`HPARAM_RANGES`."""
+    for key, value in hparams.items():
+        default = defaults.get(key)
+        what = f"{method} hyper-parameter {key} ({flag(method + '_' + key)})"
+        kind = next((k for k in ("bool", "int", "float", "str") if type(default).__name__ == k), None)
+        if kind is not None:
+            ok = isinstance(value, _KINDS[kind]) and (kind == "bool" or not isinstance(value, bool))
+            if not ok:
+                raise ConfigError(f"{what} must be {_KIND_WORDS[kind]}, got {value!r}")
+        if key in HPARAM_RANGES and isinstance(value, (int, float)) and not isinstance(value, bool):
+            _check_range(key, value, *HPARAM_RANGES[key], what=what)
+
+
+def default_output_dir(method: str, dataset: str, root: str | Path = RUNS_DIR) -> str:
+    """``runs/<method>-<dataset>-<YYYYmmdd-HHMM>``, with ``-2``, ``-3`` ... if that folder exists."""
+    base = Path(root) / f"{method}-{dataset}-{time.strftime('%Y%m%d-%H%M')}"
+    out, k = base, 2
+    while out.exists():
+        out = base.with_name(f"{base.name}-{k}")
+        k += 1
+    return str(out)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; give a YAML file") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text (YAML) file") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of option: value")
-    unknown = sorted(set(data) - set(FIELDS))
+    unknown = sorted(set(map(str, data)) - set(FIELDS))
     if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {unknown}; known: {', '.join(FIELDS)}")
+        import difflib
+
+        hints = [f"{u} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(u, FIELDS, 1)) else u
+                 for u in unknown]
+        raise ConfigError(f"{path}: unknown option(s) {', '.join(hints)}; see python -m trainer --help")
     return data
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+def __getattr__(name: str):  # the parser moved to trainer.cli; keep the old import path working
+    if name in ("build_parser", "parse_config"):
+        from . import cli
 
-
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer", description=(
-        "Fine-tune a timm backbone (or the Stable Diffusion U-Net) with a PEFT method, select on validation, "
-        "test, save the adapter and optionally push it to the Hugging Face Hub."),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", help="YAML file of defaults (flags override)")
-    p.add_argument("--seed", type=int, help="a single seed (same as --seeds N)")
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
-                   help="random backbone weights (tests)")
-    p.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE",
-                   help="a method hyper-parameter (repeatable), e.g. --hp rank=16")
-    p.add_argument("--dataset-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a dataset loader option (repeatable), e.g. --dataset-option task=nine_partition_label")
-    skip = {"pretrained", "hparams", "dataset_options"}
-    for name, f in FIELDS.items():
-        if name in skip:
-            continue
-        default = None  # None = not given on the command line (YAML / dataclass default applies)
-        if f.type in ("bool",) or isinstance(_default(f), bool):
-            p.add_argument(_flag(name), dest=name, action=argparse.BooleanOptionalAction, default=default)
-        elif name in ("seeds", "validation_prompts"):
-            p.add_argument(_flag(name), dest=name, nargs="+", default=default,
-                           type=int if name == "seeds" else str)
-        else:
-            p.add_argument(_flag(name), dest=name, type=_arg_type(f), default=default)
-    group = p.add_argument_group("method hyper-parameters (only the chosen method's are used)")
-    for m in sorted(METHODS.values(), key=lambda m: m.name):
-        for key, value in m.defaults.items():
-            group.add_argument(f"--{m.name.replace('_', '-')}-{key.replace('_', '-')}",
-                               dest=f"hp__{m.name}__{key}", default=None,
-                               type=type(value) if isinstance(value, (int, float)) and not isinstance(value, bool)
-                               else _parse_value, help=f"default {value!r}")
-    return p
-
-
-def _default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()  # type: ignore[misc]
-
-
-def _arg_type(f: dataclasses.Field):
-    d = _default(f)
-    if isinstance(d, bool):
-        return None
-    if isinstance(d, int):
-        return int
-    if isinstance(d, float):
-        return float
-    if f.name in ("img_size", "max_steps_per_epoch"):
-        return int
-    return str
-
-
-def parse_config(argv: list[str] | None = None) -> TrainConfig:
-    args = build_parser().parse_args(argv)
-    values: dict[str, Any] = load_yaml(args.config) if args.config else {}
-    cli = vars(args)
-    for name in FIELDS:
-        if cli.get(name) is not None:
-            values[name] = cli[name]
-    if args.seed is not None:
-        values["seeds"] = [args.seed]
-    hparams = dict(values.get("hparams") or {})
-    method = values.get("method", TrainConfig.method)
-    for key, value in cli.items():
-        if key.startswith("hp__") and value is not None:
-            _, m, hp = key.split("__", 2)
-            if m != method:
-                raise ConfigError(f"--{m.replace('_', '-')}-{hp.replace('_', '-')} is a hyper-parameter of "
-                                  f"{m!r}, but the method is {method!r}")
-            hparams[hp] = value
-    values["hparams"] = {**hparams, **_key_values(args.hp, "--hp")}
-    values["dataset_options"] = {**(values.get("dataset_options") or {}),
-                                 **_key_values(args.dataset_option, "--dataset-option")}
-    return TrainConfig(**values).validate()
-
-
-def _key_values(items: list[str], flag: str) -> dict[str, Any]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"{flag} takes KEY=VALUE, got {item!r}")
-        out[key] = _parse_value(value)
-    return out
+        return getattr(cli, name)
+    raise AttributeError(name)

@@ -21,7 +21,7 @@ from trainer.__main__ import main as trainer_main
 from trainer.config import ConfigError, parse_config
 from tests.helpers import write_digits, write_shapes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

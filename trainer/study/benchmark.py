@@ -1,6 +1,7 @@
-"""Benchmark sweeps that reproduce the paper's tables.
+"""Benchmark grids as the paper ran them, on optuna's storage.
 
-    python -m trainer.benchmark run benchmarks/table2_resnet50.yaml --results-dir results/ [--worker-id gpu0]
+    python -m trainer.benchmark run benchmarks/table2_resnet50.yaml --results-dir results/   # each worker
+    python -m trainer.benchmark run GRID --results-dir results/ --storage postgresql://user@host/db
     python -m trainer.benchmark report results/            # Markdown + CSV tables and PNG plots
 
 A grid file (YAML)::
@@ -13,17 +14,31 @@ A grid file (YAML)::
       dataset: [ham10000, breastus]
       backbone: [resnet50.a1_in1k]
       fraction: [1.0]
-    seeds: [0, 1, 2]                                      # every cell runs all seeds
-    hpo: {trials: 0}                                      # >0: ASHA search per cell, then the seeds
-    overrides:                                            # per-method extra config (optional)
+    seeds: [0, 1, 2]                  # the chosen configuration is retrained and tested once on each
+    hpo: {trials: 20}                 # ASHA trials per cell (0: no search); optional min_resource,
+                                      # reduction_factor, lr_ranges: {method: [lo, hi]}
+    overrides:                        # per-method settings; what they set is not searched
       lora: {hparams: {rank: 8}}
 
-Running executes every cell through the trainer, skips cells already finished (their
-``results.json`` exists), survives being killed and re-run (a cell's run resumes from its
-checkpoint), and can be split across workers: each cell is claimed through an atomically
-created claim file in the (shared) results folder, refreshed by a heartbeat, so two workers
-never run the same cell; a claim whose heartbeat stopped (a killed worker) is taken over after
-``--stale-after`` seconds.
+The protocol per cell (method x backbone x dataset x fraction): an ASHA search over the method's
+space (:func:`trainer.study.hpo.search_space`: log-uniform lr over the method family's range, weight
+decay, the method's own hyper-parameters) for ``hpo.trials`` trials on the first seed, each
+selected on validation; then the best configuration retrained on every seed (one fixed split),
+each tested once; the cell's ``results.json`` holds mean +- std over the seeds, the chosen
+hyper-parameters and the search's summary. Without search (``trials: 0``, and for generation,
+whose loop has no validation score) the seeds run the grid's configuration; a learning rate the
+grid does not set is the middle (geometric) of the method's range.
+
+The engine is optuna's RDB storage (an SQLite file ``studies.db`` in the results folder by
+default; ``--storage`` any SQLAlchemy URL, e.g. PostgreSQL, for many machines): each cell's search
+is a study, its seed runs are trials queued with ``enqueue_trial`` in a second study, which
+workers take atomically. Workers heartbeat while they train; a trial whose worker died is failed
+and re-queued for the next worker, and a re-queued seed run resumes from its checkpoints. Start
+as many workers as there are GPUs (``CUDA_VISIBLE_DEVICES=k``) or machines, at any time, all at
+once if you like; each keeps taking work until every cell is finished. Trials and seed runs write
+below the cell folder (``.search/trial_NNNN``, ``.seeds/seed_K``; hidden from the report). A
+cell that failed (``error.txt``) stays failed: after fixing the cause, remove its studies
+(``optuna delete-study --storage URL --study-name GRID/CELL/seeds``, ``.../search``) and run again.
 """
 from __future__ import annotations
 
@@ -32,9 +47,9 @@ import copy
 import itertools
 import json
 import os
+import shutil
 import socket
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +58,13 @@ from typing import Any
 import yaml
 
 from ..config import FIELDS, ConfigError, TrainConfig
+from . import hpo
+from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, StudyError, default_url, fail_stale_trials, \
+    open_storage, open_study
+from .seeds import merge_seed_results, write_results
 
 GRID_KEYS = ("method", "dataset", "backbone", "fraction")
+HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges")
 
 
 @dataclass(frozen=True)
@@ -73,6 +93,10 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     bad = set(grid.get("base", {})) - set(FIELDS)
     if bad:
         raise ConfigError(f"{path}: unknown base options {sorted(bad)}")
+    bad = set(grid.get("hpo") or {}) - set(HPO_KEYS)
+    if bad:
+        raise ConfigError(f"{path}: unknown hpo options {sorted(bad)}; use {', '.join(HPO_KEYS)}")
+    grid.setdefault("name", Path(path).stem)
     return grid
 
 
@@ -83,159 +107,335 @@ def cells(grid: dict[str, Any]) -> list[Cell]:
     return [Cell(m, d, b, float(f)) for m, d, b, f in itertools.product(*values)]
 
 
+def _override(grid: dict[str, Any], cell: Cell) -> dict[str, Any]:
+    return copy.deepcopy((grid.get("overrides") or {}).get(cell.method, {}))
+
+
 def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainConfig:
     values = copy.deepcopy(grid.get("base", {}))
-    values.update(copy.deepcopy((grid.get("overrides") or {}).get(cell.method, {})))
+    values.update(_override(grid, cell))
     values.update(method=cell.method, dataset=cell.dataset, fraction=cell.fraction,
-                  output_dir=str(results_dir / cell.key), seeds=list(grid.get("seeds", [0])))
+                  output_dir=str(Path(results_dir) / cell.key), seeds=list(grid.get("seeds", [0])))
     if cell.backbone:
         values["backbone"] = cell.backbone
     data_dirs = grid.get("data_dirs") or {}
     if cell.dataset in data_dirs:
         values["data_dir"] = str(data_dirs[cell.dataset])
-    values.setdefault("cache_dir", str(results_dir / ".cache" / cell.dataset))
+    values.setdefault("cache_dir", str(Path(results_dir) / ".cache" / cell.dataset))
+    values.setdefault("lr", hpo.default_lr(values.get("task", "classification"), cell.method))
     return TrainConfig(**values).validate()
 
 
-class Claim:
-    """An atomically created claim file, kept fresh by a heartbeat thread while the cell runs."""
+def fixed_names(grid: dict[str, Any], cell: Cell) -> set[str]:
+    """What the cell's per-method override sets: kept as set, not searched."""
+    o = _override(grid, cell)
+    return {k for k in ("lr", "weight_decay") if k in o} | set(o.get("hparams") or {})
 
-    def __init__(self, path: Path, worker: str, stale_after: float, heartbeat: float = 30.0):
-        self.path, self.worker, self.stale_after, self.heartbeat = path, worker, stale_after, heartbeat
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if not self._take_over_if_stale():
-                    return False
+def search_trials(grid: dict[str, Any], cfg: TrainConfig) -> int:
+    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (no validation score)."""
+    return int((grid.get("hpo") or {}).get("trials", 0)) if cfg.task == "classification" else 0
+
+
+def cell_space(grid: dict[str, Any], cell: Cell, cfg: TrainConfig) -> dict[str, tuple]:
+    space = hpo.search_space(cfg.task, cell.method, cfg.hparams, fixed_names(grid, cell))
+    ranges = (grid.get("hpo") or {}).get("lr_ranges") or {}
+    if "lr" in space and cell.method in ranges:
+        space["lr"] = ("log", tuple(float(v) for v in ranges[cell.method]))
+    return space
+
+
+def _states():
+    import optuna
+
+    return optuna.trial.TrialState
+
+
+def _in_budget(t) -> bool:
+    """Counts towards a search's trials: all but surplus ones and those whose worker died (re-queued)."""
+    if t.user_attrs.get("surplus"):
+        return False
+    return t.state != _states().FAIL or "error" in t.user_attrs
+
+
+class Sweep:
+    """One worker's view of a grid: finds the next piece of work (a search trial or a seed run) of
+    the first unfinished cell that has one, runs it, and repeats until every cell is finished."""
+
+    def __init__(self, grid_path, results_dir, worker: str | None = None, storage: str | None = None,
+                 heartbeat: int = HEARTBEAT_INTERVAL, grace: int = GRACE_PERIOD, poll: float = 5.0,
+                 sampler_seed: int = 0):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.grid = load_grid(grid_path)
+        self.results_dir = Path(results_dir)
+        self.worker = worker or f"{socket.gethostname()}-{os.getpid()}"
+        self.storage = open_storage(storage or default_url(self.results_dir), heartbeat, grace)
+        self.poll, self.sampler_seed = poll, sampler_seed
+        self.cells = cells(self.grid)
+        self._studies: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------- studies
+    def _study(self, cell: Cell, kind: str, cfg: TrainConfig):
+        name = f"{self.grid['name']}/{cell.key}/{kind}"
+        if name not in self._studies:
+            h = self.grid.get("hpo") or {}
+            sampler, pruner = hpo.sampler_and_pruner(
+                hpo.worker_seed(self.sampler_seed, f"{self.worker}:{name}"),
+                h.get("min_resource") or hpo.first_rung(cfg.warmup_epochs), int(h.get("reduction_factor", 3)))
+            if kind == "seeds":
+                import optuna
+
+                pruner = optuna.pruners.NopPruner()
+            self._studies[name] = open_study(name, self.storage, "maximize", sampler, pruner)
+        return self._studies[name]
+
+    def _say(self, i: int, cell: Cell, what: str) -> None:
+        print(f"[{self.worker}] cell {i + 1}/{len(self.cells)}: {cell.key} {what}", flush=True)
+
+    # ------------------------------------------------------------------------------------ search
+    def _search(self, i: int, cell: Cell, cfg: TrainConfig) -> tuple[str, dict]:
+        """('ran' | 'wait' | 'failed' | 'finished', chosen params or {'error': ...})."""
+        import optuna
+
+        n = search_trials(self.grid, cfg)
+        study = self._study(cell, "search", cfg)
+        S = _states()
+        trials = [t for t in study.get_trials(deepcopy=False) if _in_budget(t)]
+        if any(t.state == S.RUNNING for t in trials):
+            fail_stale_trials(study)
+            trials = [t for t in study.get_trials(deepcopy=False) if _in_budget(t)]
+        if len(trials) < n or any(t.state == S.WAITING for t in trials):
+            space = cell_space(self.grid, cell, cfg)
+            base = copy.deepcopy(cfg)
+            study_dir = Path(cfg.output_dir) / ".search"
+
+            def objective(trial) -> float:
+                before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _in_budget(t)]
+                if len(before) >= n:  # another worker took the last trial at the same moment
+                    trial.set_user_attr("surplus", True)
+                    raise optuna.TrialPruned("the search has all its trials")
+                self._say(i, cell, f"search trial {len(before) + 1}/{n}")
+                out = study_dir / f"trial_{trial.number:04d}"
+                try:
+                    cfg_t = hpo.apply_params(base, {k: hpo.suggest(trial, k, spec) for k, spec in space.items()})
+                    cfg_t.seeds, cfg_t.output_dir = cfg_t.seeds[:1], str(out)
+                    cfg_t.push_to_hub, cfg_t.resume, cfg_t.overwrite = None, False, True
+                    return _search_run(trial, cfg_t)
+                except optuna.TrialPruned:
+                    raise
+                except Exception as e:
+                    trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                    raise
+                finally:
+                    _drop_weights(out)
+
+            study.optimize(objective, n_trials=1, catch=(Exception,))
+            return "ran", {}
+        if any(t.state == S.RUNNING for t in trials):
+            return "wait", {}
+        done = [t for t in trials if t.state == S.COMPLETE]
+        if not done:
+            errors = {t.user_attrs.get("error") for t in trials} - {None}
+            return "failed", {"error": "no search trial completed" + (f" ({'; '.join(sorted(errors))})" if errors
+                                                                        else "")}
+        best = study.best_trial
+        return "finished", {"params": dict(best.params), "trial": best.number, "val": best.value,
+                            "complete": len(done), "pruned": sum(t.state == S.PRUNED for t in trials),
+                            "trials": n, "study": study.study_name}
+
+    # ------------------------------------------------------------------------------------- seeds
+    def _seeds(self, i: int, cell: Cell, cfg: TrainConfig, search: dict | None) -> tuple[str, str]:
+        """('ran' | 'wait' | 'failed' | 'done', message)."""
+        import optuna
+
+        study = self._study(cell, "seeds", cfg)
+        S = _states()
+        seeds = list(cfg.seeds)
+        params = (search or {}).get("params", {})
+
+        def status():
+            trials = [t for t in study.get_trials(deepcopy=False) if "seed" in t.user_attrs
+                      and not t.user_attrs.get("duplicate")]
+            by = {s: [t for t in trials if t.user_attrs["seed"] == s] for s in seeds}
+            return trials, by
+
+        trials, by = status()
+        if any(t.state == S.RUNNING for t in trials):
+            fail_stale_trials(study)
+            trials, by = status()
+        for s in seeds:
+            ts = by[s]
+            live = [t for t in ts if t.state in (S.WAITING, S.RUNNING, S.COMPLETE)]
+            errors = [t.user_attrs["error"] for t in ts if t.state == S.FAIL and "error" in t.user_attrs]
+            died = [t for t in ts if t.state == S.FAIL and "error" not in t.user_attrs]
+            if live:
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"worker": self.worker, "host": socket.gethostname(), "pid": os.getpid()}, f)
-            self._thread = threading.Thread(target=self._beat, daemon=True)
-            self._thread.start()
-            return True
-        return False
+            if errors:
+                return "failed", f"seed {s}: {errors[-1]}"
+            if len(died) > MAX_RETRY:
+                return "failed", f"seed {s}: its worker died {len(died)} times"
+            study.enqueue_trial({}, user_attrs={"seed": s, "params": params})  # duplicates are dropped below
+        trials, by = status()
+        if all(any(t.state == S.COMPLETE for t in by[s]) for s in seeds):
+            runs = [next(t for t in by[s] if t.state == S.COMPLETE).user_attrs["results"] for s in seeds]
+            final = hpo.apply_params(cfg, params)
+            merged = merge_seed_results(runs, [f".seeds/seed_{s}" for s in seeds])
+            merged["chosen"] = {"lr": final.lr, "weight_decay": final.weight_decay, "hparams": dict(final.hparams)}
+            merged["search"] = search
+            write_results(Path(cfg.output_dir), merged)
+            return "done", ""
+        if not any(t.state == S.WAITING for t in trials):
+            return "wait", ""
+        base = hpo.apply_params(cfg, params)
 
-    def _take_over_if_stale(self) -> bool:
-        try:
-            age = time.time() - self.path.stat().st_mtime
-            info = json.loads(self.path.read_text() or "{}")
-        except (OSError, json.JSONDecodeError):
-            return False
-        if info.get("worker") == self.worker or age > self.stale_after:
-            # Ours from a previous life, or its worker stopped beating: remove and retry the atomic create.
+        def objective(trial) -> float:
+            seed = trial.user_attrs.get("seed")
+            if seed is None:  # no queued run was left when this worker asked: not a seed run
+                trial.set_user_attr("idle", True)
+                raise optuna.TrialPruned("no queued seed run")
+            earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number
+                       and t.user_attrs.get("seed") == seed and not t.user_attrs.get("duplicate")
+                       and t.state in (S.WAITING, S.RUNNING, S.COMPLETE)]
+            if earlier:  # queued twice by two workers at the same moment: the earlier one counts
+                trial.set_user_attr("duplicate", True)
+                raise optuna.TrialPruned(f"seed {seed} is trial {earlier[0].number}")
+            self._say(i, cell, f"seed {seed}")
+            run_cfg = copy.deepcopy(base)
+            run_cfg.seeds, run_cfg.output_dir = [seed], str(Path(cfg.output_dir) / ".seeds" / f"seed_{seed}")
             try:
-                self.path.unlink()
-            except FileNotFoundError:
-                pass
-            return True
-        return False
+                results = _seed_run(run_cfg)
+            except Exception as e:
+                trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+                raise
+            trial.set_user_attr("results", json.loads(json.dumps(results, default=str)))
+            test = (results.get("metrics") or {}).get("test") or {}
+            value = (test.get(results.get("headline") or "fid") or {}).get("mean")
+            return float(value) if isinstance(value, (int, float)) and value == value else 0.0
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat):
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
+        study.optimize(objective, n_trials=1, catch=(Exception,))
+        return "ran", ""
 
-    def release(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
+    # -------------------------------------------------------------------------------------- cells
+    def step(self, i: int, cell: Cell) -> str:
+        """Do at most one piece of work for the cell: 'ran', 'wait', 'done' or 'failed'."""
+        cfg = cell_config(self.grid, cell, self.results_dir)
+        out = Path(cfg.output_dir)
+        if (out / "results.json").exists():
+            return "done"
+        search = None
+        if search_trials(self.grid, cfg) > 0:
+            state, search = self._search(i, cell, cfg)
+            if state == "failed":
+                return self._failed(i, cell, out, search["error"])
+            if state != "finished":
+                return state
+        state, message = self._seeds(i, cell, cfg, search)
+        return self._failed(i, cell, out, message) if state == "failed" else state
+
+    def _failed(self, i: int, cell: Cell, out: Path, message: str) -> str:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / "error.txt").exists():
+            (out / "error.txt").write_text(message + "\n")
+            print(f"[{self.worker}] cell {i + 1}/{len(self.cells)}: {cell.key} failed: {message}", file=sys.stderr,
+                  flush=True)
+        return "failed"
+
+    def run(self, max_trials: int | None = None) -> dict[str, int]:
+        ran, final = 0, {}
+        while True:
+            for i, cell in enumerate(self.cells):
+                if cell in final:
+                    continue
+                state = self.step(i, cell)
+                if state == "ran":
+                    ran += 1
+                    break  # back to the first cell: cells finish in order
+                if state in ("done", "failed"):
+                    final[cell] = state
+            else:
+                if len(final) == len(self.cells):
+                    break
+                time.sleep(self.poll)  # the remaining work is running on other workers
+                continue
+            if max_trials is not None and ran >= max_trials:
+                break
+        counts = {"done": sum(s == "done" for s in final.values()), "ran": ran,
+                  "failed": sum(s == "failed" for s in final.values()), "cells": len(self.cells)}
+        print(f"[{self.worker}] {counts}", flush=True)
+        return counts
 
 
-def run_cell(cfg: TrainConfig, hpo_trials: int) -> dict:
+def _search_run(trial, cfg: TrainConfig) -> float:
+    import optuna
+
+    from ..loops.classify import run
+
+    def report(epoch: int, score: float) -> None:
+        trial.report(score, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {score:.4f})")
+
+    results = run(cfg, report=report)
+    trial.set_user_attr("test", results["metrics"]["test"][results["headline"]]["mean"])
+    return results["metrics"]["val"][results["headline"]]["mean"]
+
+
+def _seed_run(cfg: TrainConfig) -> dict:
+    """One seed of the chosen configuration; a re-queued run continues from its checkpoints."""
     from .. import run
 
     out = Path(cfg.output_dir)
-    if hpo_trials > 0 and cfg.task == "classification":
-        from .hpo import best_config, make_study, objective_for
-
-        study_dir = out / "hpo"
-        study_dir.mkdir(parents=True, exist_ok=True)
-        base = copy.deepcopy(cfg)
-        base.output_dir = str(study_dir)
-        study = make_study("cell", f"sqlite:///{(study_dir / 'hpo.db').resolve()}", seed=0)
-        remaining = hpo_trials - len([t for t in study.trials if t.state.is_finished()])
-        if remaining > 0:
-            study.optimize(objective_for(base, study_dir), n_trials=remaining)
-        cfg = best_config(cfg, study)
-    cfg.resume = (out / "config.yaml").exists()  # a killed cell continues from its checkpoints
+    if (out / "results.json").exists():  # finished, but its worker died before recording it
+        return json.loads((out / "results.json").read_text())
+    cfg.resume = (out / "config.yaml").exists()
     return run(cfg)
 
 
+def _drop_weights(trial_dir: Path) -> None:
+    """A finished search trial keeps its history and results, not its weights (seeds retrain)."""
+    for pattern in ("seed_*/checkpoint", "seed_*/adapter", "seed_*/best.safetensors"):
+        for p in trial_dir.glob(pattern):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+
 def run_grid(grid_path: str | Path, results_dir: str | Path, worker: str | None = None,
-             stale_after: float = 900.0, max_cells: int | None = None) -> dict[str, int]:
-    grid = load_grid(grid_path)
-    results_dir = Path(results_dir)
-    worker = worker or f"{socket.gethostname()}-{os.getpid()}"
-    hpo_trials = int((grid.get("hpo") or {}).get("trials", 0))
-    counts = {"done": 0, "ran": 0, "skipped_claimed": 0, "failed": 0}
-    todo = cells(grid)
-    for i, cell in enumerate(todo):
-        cfg = cell_config(grid, cell, results_dir)
-        out = Path(cfg.output_dir)
-        if (out / "results.json").exists():
-            counts["done"] += 1
-            continue
-        if max_cells is not None and counts["ran"] + counts["failed"] >= max_cells:
-            break
-        claim = Claim(results_dir / ".claims" / (cell.key.replace("/", "__") + ".claim"), worker, stale_after)
-        if not claim.acquire():
-            counts["skipped_claimed"] += 1
-            continue
-        try:
-            if (out / "results.json").exists():  # finished by another worker in the meantime
-                counts["done"] += 1
-                continue
-            print(f"[{worker}] cell {i + 1}/{len(todo)}: {cell.key}", flush=True)
-            run_cell(cfg, hpo_trials)
-            counts["ran"] += 1
-        except Exception as e:  # one bad cell must not stop the sweep: record it, go on
-            counts["failed"] += 1
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "error.txt").write_text(f"{type(e).__name__}: {e}\n")
-            print(f"[{worker}] cell {cell.key} failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        finally:
-            claim.release()
-    print(f"[{worker}] {counts}")
-    return counts
+             storage: str | None = None, heartbeat: int = HEARTBEAT_INTERVAL, grace: int = GRACE_PERIOD,
+             max_trials: int | None = None, poll: float = 5.0) -> dict[str, int]:
+    return Sweep(grid_path, results_dir, worker, storage, heartbeat, grace, poll).run(max_trials)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.benchmark", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("run", help="run (or continue) every cell of a grid")
+    r = sub.add_parser("run", help="run (or continue) every cell of a grid; start one per GPU or machine")
     r.add_argument("grid")
     r.add_argument("--results-dir", required=True)
-    r.add_argument("--worker-id", default=None)
-    r.add_argument("--stale-after", type=float, default=900.0, help="seconds without heartbeat before a claim is "
-                                                                    "taken over")
-    r.add_argument("--max-cells", type=int, default=None)
+    r.add_argument("--storage", default=None, help="optuna storage URL shared by the workers, e.g. "
+                                                   "postgresql://user@host/db (default: RESULTS_DIR/studies.db)")
+    r.add_argument("--worker-id", default=None, help="a name in the log and the sampler's seed (default host-pid)")
+    r.add_argument("--heartbeat", type=int, default=HEARTBEAT_INTERVAL, help="seconds between heartbeats")
+    r.add_argument("--stale-after", type=int, default=GRACE_PERIOD,
+                   help="seconds without a heartbeat before a worker counts as dead and its trial is re-queued")
+    r.add_argument("--max-trials", "--max-cells", dest="max_trials", type=int, default=None,
+                   help="stop after this many trials (search trials and seed runs)")
+    r.add_argument("--poll", type=float, default=5.0, help="seconds between looks while others hold the work")
     rep = sub.add_parser("report", help="tables (Markdown, CSV) beside the paper's numbers, and plots")
     rep.add_argument("results_dir")
     rep.add_argument("--out", default=None, help="where to write (default RESULTS_DIR/report)")
     args = p.parse_args(argv)
     try:
         if args.cmd == "run":
-            counts = run_grid(args.grid, args.results_dir, args.worker_id, args.stale_after, args.max_cells)
+            counts = run_grid(args.grid, args.results_dir, args.worker_id, args.storage, args.heartbeat,
+                              args.stale_after, args.max_trials, args.poll)
             return 1 if counts["failed"] else 0
         from .report import write_report
 
-        paths = write_report(args.results_dir, args.out)
-        for path in paths:
+        for path in write_report(args.results_dir, args.out):
             print(path)
         return 0
-    except ConfigError as e:
+    except (ConfigError, StudyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -5,70 +5,121 @@
 
 Each trial is an ordinary training run (one seed) that reports its validation headline metric
 (macro-F1; AUROC for multi-label) after every epoch to optuna's ``SuccessiveHalvingPruner``,
-which stops unpromising trials early. The sampler (TPE) is seeded from ``--sampler-seed`` and
-``--worker-id``. Any optuna RDB URL as
+which stops unpromising trials early. The first rung sits after the learning-rate warm-up
+(epoch ``max(3, ceil(warmup_epochs) + 1)`` unless ``--min-resource`` says otherwise), so a
+low-lr trial is not judged before it has started learning. The sampler (TPE with a constant
+liar) is seeded from ``--sampler-seed`` and ``--worker-id``. Any optuna RDB URL as
 ``--storage`` lets many workers on many machines share one study: start the same command on
-each. The best configuration is written as ``best.yaml``, for ``python -m trainer --config best.yaml``.
+each, all at once if you like. A worker exits 0 when the study has a completed trial (its own
+trials may all have been pruned) and writes the best configuration as ``best.yaml``, for
+``python -m trainer --config best.yaml``.
 
-Searched: learning rate, weight decay, and the method's own hyper-parameters found in
-:data:`SEARCH_SPACE` (e.g. LoRA rank/alpha, AdaptFormer bottleneck, VPT prompt count).
+Searched (:func:`search_space`): a log-uniform learning rate over the method family's range
+(:data:`LR_RANGES`), a log-uniform weight decay, and the method's own hyper-parameters (those in
+its registry defaults that :data:`SEARCH_SPACE` knows: LoRA rank/alpha, AdaptFormer bottleneck
+and scale, VPT prompt count).
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import hashlib
+import math
 import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import yaml
 
 from ..config import ConfigError, TrainConfig, parse_config
 
-# name -> (kind, args): "log" float range, "cat" choices
+# Method hyper-parameter name -> (kind, args): "log" float range, "cat" choices.
 SEARCH_SPACE: dict[str, tuple[str, Any]] = {
-    "lr": ("log", (1e-5, 3e-2)),
-    "weight_decay": ("log", (1e-6, 1e-1)),
     "rank": ("cat", [4, 8, 16, 32]),
     "alpha": ("cat", [4, 8, 16, 32]),
     "bottleneck": ("cat", [8, 16, 32, 64, 128]),
     "scale": ("log", (0.01, 1.0)),
     "num_prompts": ("cat", [1, 5, 10, 20, 50]),
 }
+WEIGHT_DECAY = (1e-6, 1e-1)
+# task -> method -> log-uniform learning-rate range; "*" is every other method of the task. Full
+# fine-tuning moves every weight and wants a small step; a PEFT method trains few, freshly
+# initialised parameters and wants a larger one. On the U-Net, methods that train whole attention
+# layers (any name with "attention") or LoRA sit between the two.
+LR_RANGES: dict[str, dict[str, tuple[float, float]]] = {
+    "classification": {"full": (1e-5, 1e-3), "*": (1e-4, 1e-2)},
+    "generation": {"full": (1e-6, 1e-4), "lora": (1e-5, 1e-3), "attention": (1e-5, 1e-3), "*": (1e-4, 1e-2)},
+}
+DEFAULT_MIN_RESOURCE = 3
 
 
-def suggest(trial, name: str):
-    kind, args = SEARCH_SPACE[name]
+def lr_range(task: str, method: str) -> tuple[float, float]:
+    table = LR_RANGES.get(task, LR_RANGES["classification"])
+    if method in table:
+        return table[method]
+    if task == "generation" and "attention" in method:
+        return table["attention"]
+    return table["*"]
+
+
+def default_lr(task: str, method: str) -> float:
+    """The geometric middle of the method's range: the learning rate of a grid cell without search."""
+    lo, hi = lr_range(task, method)
+    return float(f"{math.sqrt(lo * hi):.3g}")
+
+
+def search_space(task: str, method: str, hparams: Iterable[str] = (), fixed: Iterable[str] = ()) -> dict:
+    """Name -> (kind, args) of everything searched for ``method``; names in ``fixed`` are left as set."""
+    space: dict[str, tuple[str, Any]] = {"lr": ("log", lr_range(task, method)), "weight_decay": ("log", WEIGHT_DECAY)}
+    space.update({k: SEARCH_SPACE[k] for k in hparams if k in SEARCH_SPACE})
+    fixed = set(fixed)
+    return {k: v for k, v in space.items() if k not in fixed}
+
+
+def first_rung(warmup_epochs: float) -> int:
+    """ASHA's first rung: the first epoch after the warm-up, and not before epoch 3."""
+    return max(DEFAULT_MIN_RESOURCE, math.ceil(warmup_epochs) + 1)
+
+
+def suggest(trial, name: str, spec: tuple[str, Any]):
+    kind, args = spec
     if kind == "log":
         return trial.suggest_float(name, *args, log=True)
     return trial.suggest_categorical(name, args)
 
 
-def trial_config(base: TrainConfig, trial, study_dir: Path) -> TrainConfig:
+def apply_params(base: TrainConfig, params: dict) -> TrainConfig:
+    """A copy of ``base`` with searched values (lr, weight_decay, method hyper-parameters) set."""
     cfg = copy.deepcopy(base)
-    cfg.lr = suggest(trial, "lr")
-    cfg.weight_decay = suggest(trial, "weight_decay")
-    cfg.hparams = {**cfg.hparams, **{k: suggest(trial, k) for k in cfg.hparams if k in SEARCH_SPACE}}
+    cfg.lr = params.get("lr", cfg.lr)
+    cfg.weight_decay = params.get("weight_decay", cfg.weight_decay)
+    cfg.hparams = {**cfg.hparams, **{k: v for k, v in params.items() if k in cfg.hparams}}
+    return cfg
+
+
+def trial_config(base: TrainConfig, trial, study_dir: Path, fixed: Iterable[str] = ()) -> TrainConfig:
+    space = search_space(base.task, base.method, base.hparams, fixed)
+    cfg = apply_params(base, {name: suggest(trial, name, spec) for name, spec in space.items()})
     cfg.seeds = cfg.seeds[:1]
-    cfg.output_dir = str(study_dir / f"trial_{trial.number:04d}")
-    cfg.cache_dir = cfg.cache_dir or str(study_dir / ".cache")  # decoded images shared by every trial
+    cfg.output_dir = str(Path(study_dir) / f"trial_{trial.number:04d}")
+    cfg.cache_dir = cfg.cache_dir or str(Path(study_dir) / ".cache")  # decoded images shared by every trial
     cfg.push_to_hub = None
     cfg.resume, cfg.overwrite = False, True
     return cfg
 
 
-def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None):
+def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None, fixed: Iterable[str] = ()):
     import optuna
 
     from ..loops.classify import run
 
     train = train or run
+    fixed = tuple(fixed)
 
     def objective(trial) -> float:
-        cfg = trial_config(base, trial, study_dir)
+        cfg = trial_config(base, trial, study_dir, fixed)
 
         def report(epoch: int, score: float) -> None:
             trial.report(score, epoch)
@@ -84,64 +135,81 @@ def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = N
     return objective
 
 
-def make_study(study_name: str, storage: str, seed: int, min_resource: int = 1, reduction_factor: int = 3):
+def worker_seed(sampler_seed: int, worker: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{sampler_seed}:{worker}".encode()).digest()[:4], "little")
+
+
+def sampler_and_pruner(seed: int, min_resource: int | None = None, reduction_factor: int = 3):
     import optuna
 
-    return optuna.create_study(
-        study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=reduction_factor))
+    return (optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+            optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource or DEFAULT_MIN_RESOURCE,
+                                                   reduction_factor=reduction_factor))
+
+
+def make_study(study_name: str, storage, seed: int, min_resource: int | None = None, reduction_factor: int = 3):
+    """An ASHA study; ``storage`` None keeps it in memory, a URL or storage object shares it (created
+    by whichever worker comes first, also when several start at the same instant)."""
+    from .storage import open_storage, open_study
+
+    if isinstance(storage, str):
+        storage = open_storage(storage)
+    sampler, pruner = sampler_and_pruner(seed, min_resource, reduction_factor)
+    return open_study(study_name, storage, "maximize", sampler, pruner)
 
 
 def best_config(base: TrainConfig, study) -> TrainConfig:
-    best = study.best_trial
-    cfg = copy.deepcopy(base)
-    cfg.lr = best.params.get("lr", cfg.lr)
-    cfg.weight_decay = best.params.get("weight_decay", cfg.weight_decay)
-    cfg.hparams = {**cfg.hparams, **{k: v for k, v in best.params.items() if k in cfg.hparams}}
-    return cfg
+    return apply_params(base, study.best_trial.params)
 
 
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
+    from adapters import MethodError
+
+    from ..data import DataError
+    from .storage import StudyError
+
     p = argparse.ArgumentParser(prog="python -m trainer.hpo", description=__doc__.split("\n\n")[0],
                                 epilog="All other flags are the trainer's (python -m trainer --help).")
     p.add_argument("--trials", type=int, default=20, help="trials this worker runs")
-    p.add_argument("--storage", default=None, help="optuna storage URL (default: sqlite in the study folder)")
+    p.add_argument("--storage", default=None, help="optuna storage URL, e.g. postgresql://user@host/db "
+                                                   "(default: sqlite in the study folder)")
     p.add_argument("--study-name", default=None)
     p.add_argument("--sampler-seed", type=int, default=0)
     p.add_argument("--worker-id", default=None,
                    help="distinguishes workers sharing a study (default: host and pid); the sampler is seeded "
                         "from --sampler-seed and this, so a fixed id gives a reproducible worker and two workers "
                         "never propose the same sequence")
-    p.add_argument("--min-resource", type=int, default=1, help="ASHA: epochs before the first rung")
+    p.add_argument("--min-resource", type=int, default=None,
+                   help="ASHA: epoch of the first rung (default: the first epoch after the warm-up, at least 3)")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/eta per rung")
     args, rest = p.parse_known_args(argv)
     try:
         base = parse_config(rest)
-    except ConfigError as e:
+        study_dir = Path(base.output_dir)
+        study_dir.mkdir(parents=True, exist_ok=True)
+        name = args.study_name or f"{base.method}-{base.dataset}"
+        worker = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
+        study = make_study(name, args.storage or f"sqlite:///{(study_dir / 'hpo.db').resolve()}",
+                           worker_seed(args.sampler_seed, worker),
+                           args.min_resource or first_rung(base.warmup_epochs), args.reduction_factor)
+        study.optimize(objective_for(base, study_dir), n_trials=args.trials, catch=())
+    except (ConfigError, MethodError, DataError, StudyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    study_dir = Path(base.output_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
-    name = args.study_name or f"{base.method}-{base.dataset}"
-    storage = args.storage or f"sqlite:///{(study_dir / 'hpo.db').resolve()}"
-    if storage.startswith("sqlite"):  # several local workers: wait on the lock instead of failing
-        storage = optuna.storages.RDBStorage(storage, engine_kwargs={"connect_args": {"timeout": 60}})
-    worker = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-    seed = int.from_bytes(hashlib.sha256(f"{args.sampler_seed}:{worker}".encode()).digest()[:4], "little")
-    study = make_study(name, storage, seed, args.min_resource, args.reduction_factor)
-    study.optimize(objective_for(base, study_dir), n_trials=args.trials, catch=())
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        print("no trial completed", file=sys.stderr)
+    states = optuna.trial.TrialState
+    done = study.get_trials(deepcopy=False, states=(states.COMPLETE,))
+    if not done:  # the study's state, not this worker's: another worker may still complete one
+        print(f"study {name}: no trial completed yet", file=sys.stderr)
         return 1
     best = best_config(base, study)
     best.output_dir = str(study_dir / "best_run")
     out = study_dir / "best.yaml"
-    out.write_text(yaml.safe_dump(best.to_dict(), sort_keys=False))
-    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    tmp = out.with_name(f".best.{os.getpid()}.tmp")  # several workers may write it at once
+    tmp.write_text(yaml.safe_dump(best.to_dict(), sort_keys=False))
+    os.replace(tmp, out)
+    pruned = len(study.get_trials(deepcopy=False, states=(states.PRUNED,)))
     print(f"study {name}: {len(done)} complete, {pruned} pruned; best val {study.best_value:.4f} "
           f"with {study.best_trial.params}\nbest configuration: {out}  (python -m trainer --config {out})")
     return 0

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import (LOWER_IS_BETTER, REFERENCE_SOURCE, _fmt_score, all_rows, data_volume_plot, local_rows,
-                      pareto_plot, ranks, reference_rows)
+from .efficiency import efficiency_rows
+from .plots import data_volume_plot, pareto_plot
+from .report_plots import efficiency_plot
+from .results import LOWER_IS_BETTER, REFERENCE_SOURCE, all_rows, format_score, local_rows, ranks, reference_rows
 
 
 def _paper_lookup(ref: pd.DataFrame) -> dict:
@@ -19,11 +21,11 @@ def _paper_lookup(ref: pd.DataFrame) -> dict:
 
 
 def _by_n_train(ref: pd.DataFrame, backbone: str, dataset: str, method: str, n_train) -> tuple | None:
-    """The paper's row for the same training-set size (within 10%), e.g. Table 4's 2,262 / 226 pairs."""
+    """The paper's row for the same training-set size (within 1%), e.g. Table 4's 2,262 / 226 pairs."""
     if n_train is None or n_train != n_train:
         return None
     rows = ref[(ref["backbone"] == backbone) & (ref["dataset"] == dataset) & (ref["method"] == method)]
-    rows = rows[(rows["n_train"] - float(n_train)).abs() <= 0.1 * float(n_train)]
+    rows = rows[(rows["n_train"] - float(n_train)).abs() <= 0.01 * rows["n_train"]]
     if not len(rows):
         return None
     r = rows.iloc[0]
@@ -50,15 +52,15 @@ def tables(local: pd.DataFrame, ref: pd.DataFrame) -> dict[str, pd.DataFrame]:
                     row[ds] = ""
                     continue
                 h = hit.iloc[-1]
-                cell = _fmt_score(h["metric"], h["mean"], h["std"])
+                cell = format_score(h["metric"], h["mean"], h["std"])
                 ref_hit = paper.get((backbone, ds, method, round(float(fraction), 3))) or \
                     _by_n_train(ref, backbone, ds, method, h["n_train"])
                 if ref_hit is not None:
-                    cell += f" (paper {_fmt_score(ref_hit[0], ref_hit[1], math.nan)})"
+                    cell += f" (paper {format_score(ref_hit[0], ref_hit[1], math.nan)})"
                 row[ds] = cell
             metric = mrows["metric"].iloc[0]
             avg = mrows["mean"].mean()
-            row["average"] = _fmt_score(metric, avg, math.nan)
+            row["average"] = format_score(metric, avg, math.nan)
             r = rk[(rk["task"] == task) & (rk["backbone"] == backbone) & (rk["method"] == method)
                    & (rk["fraction"] == fraction)]
             row["average rank"] = round(float(r["rank"].mean()), 2) if len(r) else ""
@@ -85,6 +87,7 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
     local = local_rows(results_dir)
     ref = reference_rows()
     written: list[Path] = []
+    eff = efficiency_rows(results_dir)
     by_task: dict[str, list[tuple[str, pd.DataFrame]]] = {}
     for title, df in tables(local, ref).items():
         by_task.setdefault(title.split(" | ")[0], []).append((title, df))
@@ -96,11 +99,26 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
         for title, df in parts:
             md += [f"## {title}", "", _markdown(df), ""]
             frames.append(df.assign(table=title))
+        mine = eff[eff["task"] == task]
+        if len(mine):
+            view = mine.drop(columns=["task", "path"]).round({"mean": 4, "std": 4, "peak_memory_gb": 2,
+                                                              "seconds_per_epoch": 2, "adapter_mb": 3})
+            md += ["## Efficiency per run (trainable parameters, peak GPU memory, time per epoch, adapter "
+                   "size, chosen hyper-parameters)", "", _markdown(view.fillna("")), ""]
         path = out / f"{task}.md"
         path.write_text("\n".join(md))
         csv = out / f"{task}.csv"
         pd.concat(frames, ignore_index=True).to_csv(csv, index=False)
         written += [path, csv]
+    if len(eff):
+        path = out / "efficiency.csv"
+        eff.to_csv(path, index=False)
+        written.append(path)
+        fig = efficiency_plot(eff)
+        if fig is not None:
+            path = out / "efficiency.png"
+            fig.savefig(path, dpi=120, bbox_inches="tight")
+            written.append(path)
     both = all_rows(results_dir)
     fig = pareto_plot(both)
     if fig is not None:

@@ -1,6 +1,7 @@
-"""Benchmark sweeps on a tiny grid (tiny backbones, a small learnable image folder in a real
-layout): every cell runs once, finished cells are skipped, a killed sweep resumes, two workers
-split the cells without overlap, and the report writes tables and plots."""
+"""Benchmark grids on optuna's storage, on a tiny grid (tiny CNN, a small learnable image folder):
+the paper's protocol per cell (ASHA search, then the chosen configuration on every seed), every
+cell and every seed run exactly once, finished cells skipped, several workers (SQLite and
+PostgreSQL), a worker killed mid-trial, and the shipped grids' settings."""
 from __future__ import annotations
 
 import json
@@ -16,12 +17,16 @@ import pytest
 import yaml
 
 from adapters.backbones import TINY_CNN
-from trainer.study.benchmark import Claim, cells, load_grid, run_grid
 from trainer.config import ConfigError
+from trainer.study.benchmark import cell_config, cell_space, cells, load_grid, run_grid
 
 from tests.helpers import write_shapes
+from tests.helpers.postgres import postgres_url  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
+GRIDS = ROOT / "benchmarks"
+METHODS = ["bitfit", "full"]
+SEEDS = [0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +35,12 @@ def grid_file(tmp_path_factory) -> Path:
     data = write_shapes(tmp / "shapes", per_class=8)
     grid = {
         "name": "tiny",
-        "base": {"backbone": TINY_CNN, "pretrained": False, "epochs": 2, "batch_size": 8, "lr": 0.01,
-                 "num_workers": 0},
+        "base": {"backbone": TINY_CNN, "pretrained": False, "epochs": 2, "batch_size": 8, "num_workers": 0,
+                 "warmup_epochs": 0},
         "data_dirs": {"imagefolder": str(data)},
-        "grid": {"method": ["bitfit", "linear_probe", "batchnorm", "full"], "dataset": ["imagefolder"],
-                 "fraction": [1.0]},
-        "seeds": [0, 1],
+        "grid": {"method": METHODS, "dataset": ["imagefolder"], "fraction": [1.0]},
+        "seeds": SEEDS,
+        "hpo": {"trials": 3, "min_resource": 1},
     }
     path = tmp / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
@@ -46,13 +51,45 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _ran_cells(output: str) -> list[str]:
-    return re.findall(r"cell \d+/\d+: (\S+)", output)
+def _worker(grid_file: Path, results: Path, name: str, *extra: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "trainer.benchmark", "run", str(grid_file), "--results-dir", str(results),
+           "--worker-id", name, "--poll", "0.5", *extra]
+    return subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _studies(storage: str):
+    import optuna
+
+    return {s.study_name: optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)}
+
+
+def _assert_every_cell_once(results: Path, storage: str) -> None:
+    """Each cell: 3 search trials, one completed run per seed, one results.json, one report row."""
+    import optuna
+
+    S = optuna.trial.TrialState
+    studies = _studies(storage)
+    for method in METHODS:
+        key = f"tiny/imagefolder/default/{method}/frac_1"
+        search = [t for t in studies[f"{key}/search"].trials if not t.user_attrs.get("surplus")
+                  and (t.state != S.FAIL or "error" in t.user_attrs)]
+        assert len(search) == 3 and all(t.state in (S.COMPLETE, S.PRUNED) for t in search), search
+        done = [t for t in studies[f"{key}/seeds"].trials if t.state == S.COMPLETE]
+        assert sorted(t.user_attrs["seed"] for t in done) == SEEDS
+        r = json.loads((results / key.split("/", 1)[1] / "results.json").read_text())
+        assert r["seeds"] == SEEDS and len(r["metrics"]["test"]["f1_macro"]["values"]) == 2
+        best = studies[f"{key}/search"].best_trial.params
+        assert r["chosen"]["lr"] == pytest.approx(best["lr"])
+        assert r["search"]["trials"] == 3
+    from trainer.study.results import local_rows
+
+    rows = local_rows(results)
+    assert sorted(rows["method"]) == sorted(METHODS)  # trials and seed runs are not report rows
 
 
 def test_grid_expands_to_cells(grid_file):
-    grid = load_grid(grid_file)
-    assert [c.method for c in cells(grid)] == ["bitfit", "linear_probe", "batchnorm", "full"]
+    assert [c.method for c in cells(load_grid(grid_file))] == METHODS
 
 
 def test_bad_grid_is_a_clear_error(tmp_path):
@@ -60,69 +97,96 @@ def test_bad_grid_is_a_clear_error(tmp_path):
     bad.write_text(yaml.safe_dump({"grid": {"methods": ["lora"]}}))
     with pytest.raises(ConfigError, match="unknown grid keys"):
         load_grid(bad)
+    bad.write_text(yaml.safe_dump({"grid": {"method": ["lora"]}, "hpo": {"trails": 3}}))
+    with pytest.raises(ConfigError, match="unknown hpo options"):
+        load_grid(bad)
 
 
-def test_sweep_runs_every_cell_once_and_skips_finished(grid_file, tmp_path):
+def test_shipped_grids_carry_the_protocol_and_lr_ranges_per_family(tmp_path):
+    ranges: dict[tuple[str, str], tuple] = {}
+    for path in sorted(GRIDS.glob("*.yaml")):
+        grid = load_grid(path)
+        generation = (grid.get("base") or {}).get("task") == "generation"
+        assert grid["seeds"] == [0, 1, 2], path.name
+        if not generation:
+            assert grid["hpo"]["trials"] >= 10, path.name  # an ASHA search per cell
+        for cell in cells(grid):
+            cfg = cell_config(grid, cell, tmp_path)
+            space = cell_space(grid, cell, cfg)
+            if "lr" in space:
+                ranges[(cfg.task, cell.method)] = space["lr"][1]
+            assert "weight_decay" in space
+    assert ranges[("classification", "full")] == (1e-5, 1e-3)
+    for peft in ("linear_probe", "bitfit", "lora", "ssf", "tsa", "batchnorm", "adaptformer"):
+        assert ranges[("classification", peft)] == (1e-4, 1e-2), peft
+    assert ranges[("generation", "full")] == (1e-6, 1e-4)
+    for small in ("bias", "norm", "svdiff"):
+        assert ranges[("generation", small)] == (1e-4, 1e-2), small
+    assert len({ranges[("classification", "full")], ranges[("classification", "bitfit")],
+                ranges[("generation", "full")]}) == 3
+
+
+def test_table4_runs_each_method_at_its_family_lr(tmp_path):
+    grid = load_grid(GRIDS / "table4_generation.yaml")
+    lrs = {c.method: cell_config(grid, c, tmp_path).lr for c in cells(grid)}
+    assert 1e-6 <= lrs["full"] <= 1e-4 and 1e-4 <= lrs["bias"] <= 1e-2 and lrs["bias"] > 10 * lrs["full"]
+
+
+def test_sweep_searches_then_runs_seeds_once_and_skips_finished(grid_file, tmp_path):
     results = tmp_path / "results"
-    counts = run_grid(grid_file, results, worker="w0")
-    assert counts == {"done": 0, "ran": 4, "skipped_claimed": 0, "failed": 0}
-    files = sorted(results.rglob("results.json"))
-    assert len(files) == 4
+    counts = run_grid(grid_file, results, worker="w0", poll=0.1)
+    assert counts == {"done": 2, "ran": 10, "failed": 0, "cells": 2}  # 2 x (3 trials + 2 seeds)
+    storage = f"sqlite:///{results / 'studies.db'}"
+    _assert_every_cell_once(results, storage)
+    files = sorted((results / "imagefolder").glob("*/*/results.json"))
     stamps = {f: f.stat().st_mtime_ns for f in files}
-    assert run_grid(grid_file, results, worker="w0")["done"] == 4
+    assert run_grid(grid_file, results, worker="w0", poll=0.1)["ran"] == 0
     assert {f: f.stat().st_mtime_ns for f in files} == stamps  # nothing re-run
-    assert not list((results / ".claims").glob("*.claim"))  # claims released
-    r = json.loads(files[0].read_text())
-    assert r["seeds"] == [0, 1] and len(r["metrics"]["test"]["f1_macro"]["values"]) == 2
 
     from trainer.study.report import write_report
 
-    paths = write_report(results, tmp_path / "report")
-    names = {Path(p).name for p in paths}
-    assert {"classification.md", "classification.csv", "pareto.png"} <= names
+    names = {Path(p).name for p in write_report(results, tmp_path / "report")}
+    assert {"classification.md", "classification.csv", "efficiency.csv", "pareto.png"} <= names
     md = (tmp_path / "report" / "classification.md").read_text()
-    assert "bitfit" in md and "average rank" in md.lower()
+    assert "bitfit" in md and "average rank" in md.lower() and "lr" in md
 
 
-def test_killed_sweep_resumes(grid_file, tmp_path):
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_workers_on_postgres_run_the_grid_once(grid_file, tmp_path, postgres_url):  # noqa: F811
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "trainer.benchmark", "run", str(grid_file), "--results-dir", str(results),
-           "--worker-id", "w1"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(results.rglob("results.json")):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)  # killed mid-sweep, no chance to clean up
-    proc.wait()
-    finished = {p.parent for p in results.rglob("results.json")}
-    assert 1 <= len(finished) < 4
-    stamps = {p: p.stat().st_mtime_ns for p in results.rglob("results.json")}
-    # Same worker id restarts: its stale claim is its own, the finished cells are skipped.
-    again = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert len(list(results.rglob("results.json"))) == 4
-    assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
-    assert len(_ran_cells(again.stdout)) == 4 - len(finished)
-
-
-def test_two_workers_never_run_the_same_cell(grid_file, tmp_path):
-    results = tmp_path / "results"
-    procs = [subprocess.Popen([sys.executable, "-m", "trainer.benchmark", "run", str(grid_file), "--results-dir",
-                               str(results), "--worker-id", f"w{i}"], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
+    procs = [_worker(grid_file, results, f"w{i}", "--storage", postgres_url) for i in range(2)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    ran = [_ran_cells(o) for o in outs]
-    assert not set(ran[0]) & set(ran[1]), ran
-    assert len(list(results.rglob("results.json"))) == 4
+    runs = [line for o in outs for line in re.findall(r"cell \d+/\d+: (\S+ seed \d+)", o)]
+    assert sorted(runs) == sorted(set(runs)) and len(runs) == 4  # each seed run trained by one worker
+    assert all(re.search(r"search trial", o) for o in outs), "both workers took search trials"
+    _assert_every_cell_once(results, postgres_url)
 
 
-def test_stale_claim_is_taken_over_and_live_one_is_not(tmp_path):
-    path = tmp_path / "c.claim"
-    first = Claim(path, "a", stale_after=60, heartbeat=0.05)
-    assert first.acquire()
-    assert not Claim(path, "b", stale_after=60).acquire()  # alive and fresh
-    first._stop.set()
-    old = time.time() - 3600
-    os.utime(path, (old, old))
-    assert Claim(path, "b", stale_after=60).acquire()  # its worker stopped beating
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def test_killed_worker_trial_is_retried(grid_file, tmp_path, backend, request):
+    import optuna
+
+    results = tmp_path / "results"
+    storage = request.getfixturevalue("postgres_url") if backend == "postgres" else \
+        f"sqlite:///{results / 'studies.db'}"
+    flags = ["--storage", storage, "--heartbeat", "1", "--stale-after", "3"]
+    first = _worker(grid_file, results, "doomed", *flags)
+    deadline = time.time() + 240
+    seen = ""
+    while time.time() < deadline and "seed 1" not in seen:  # mid-run of a seed (after the first cell's search)
+        seen += first.stdout.readline()
+    first.send_signal(signal.SIGKILL)  # killed mid-trial, no chance to clean up
+    first.wait()
+    second = _worker(grid_file, results, "survivor", *flags)
+    out = second.communicate(timeout=600)[0]
+    assert second.returncode == 0, out
+    seeds = _studies(storage)["tiny/imagefolder/default/bitfit/frac_1/seeds"]
+    S = optuna.trial.TrialState
+    dead = [t for t in seeds.trials if t.state == S.FAIL]
+    assert len(dead) == 1 and dead[0].user_attrs["seed"] == 1  # the killed run, failed by the survivor ...
+    retry = [t for t in seeds.trials if t.system_attrs.get("failed_trial") == dead[0].number]
+    assert len(retry) == 1 and retry[0].state == S.COMPLETE  # ... re-queued and completed once
+    _assert_every_cell_once(results, storage)

@@ -1,0 +1,41 @@
+"""A benchmark cell's ``results.json`` from its one-seed runs: the runs' own results (one seed each,
+trained by whichever workers took them) merged into one, with mean +- std over the seeds exactly as
+the trainer computes them for a multi-seed run (:func:`trainer.loops.metrics.aggregate`)."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+from ..loops.metrics import aggregate, headline
+
+
+def merge_seed_results(runs: list[dict], folders: list[str]) -> dict:
+    """``runs[k]`` is the results dict of the one-seed run in ``folders[k]`` (relative to the cell)."""
+    if not runs:
+        raise ValueError("no seed runs to merge")
+    per_seed = [copy.deepcopy(p) for r in runs for p in r["per_seed"]]
+    merged = copy.deepcopy(runs[0])
+    merged["per_seed"] = per_seed
+    merged["seeds"] = [p["seed"] for p in per_seed]
+    merged["metrics"] = {split: aggregate([p[split] for p in per_seed])
+                         for split in ("test", "val") if per_seed and all(p.get(split) for p in per_seed)}
+    with_val = [k for k, p in enumerate(per_seed) if p.get("val")]
+    best = max(with_val, key=lambda k: headline(per_seed[k]["val"])) if with_val else 0
+    merged["adapter_dir"] = f"{folders[best]}/{runs[best]['adapter_dir']}"
+    merged["seed_runs"] = list(folders)
+    merged["wall_time_s"] = sum(float(r.get("wall_time_s") or 0.0) for r in runs)
+    if isinstance(merged.get("config"), dict):
+        merged["config"]["seeds"] = list(merged["seeds"])
+    return merged
+
+
+def write_results(cell_dir: Path, results: dict) -> Path:
+    """Atomically: several workers may finish a cell's last seed at once and write the same file."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    path = cell_dir / "results.json"
+    tmp = cell_dir / f".results.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
