@@ -46,8 +46,10 @@ class TrainConfig:
     hparams: dict[str, Any] = field(default_factory=dict)  # the method's own hyper-parameters
     # data
     fraction: float = 1.0
-    val_frac: float = 0.1
-    test_frac: float = 0.2
+    val_frac: float | None = None  # None: the dataset's default (trainer.data.splits.SPLIT_DEFAULTS)
+    test_frac: float | None = None
+    split_seed: int = 0  # the one train/val/test split every training seed shares
+    resplit_per_seed: bool = False  # draw a new split per training seed (split seed = training seed)
     cache_dir: str | None = None  # decoded-image cache; default <output_dir>/../.cache
     num_workers: int = 2
     cache_features: bool = True  # linear_probe: train the head on cached frozen-backbone features
@@ -81,6 +83,10 @@ class TrainConfig:
     overwrite: bool = False
     push_to_hub: str | None = None
     hub_private: bool = True
+
+    def split_seed_for(self, seed: int) -> int:
+        """The seed of the train/val/test split that training seed ``seed`` uses."""
+        return seed if self.resplit_per_seed else self.split_seed
 
     def resolved_backbone(self) -> str:
         if self.backbone:
@@ -135,7 +141,7 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "weight_decay": (0, 10, False), "warmup_epochs": (0, 100_000, False), "label_smoothing": (0, 0.99, False),
     "grad_clip": (0, 1e6, False), "max_steps_per_epoch": (1, 10**9, False), "resolution": (8, 4096, False),
     "max_train_steps": (1, 10**9, False), "validation_steps": (0, 10**9, False),
-    "num_inference_steps": (1, 1000, False), "guidance_scale": (0, 100, False), "fid_samples": (0, 10**7, False),
+    "num_inference_steps": (1, 1000, False), "guidance_scale": (0, 100, False), "fid_samples": (0, 10**7, False), "split_seed": (0, 2**32 - 1, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"task": ("classification", "generation"),
                                        "mixed_precision": ("no", "bf16", "fp16")}
@@ -258,7 +264,7 @@ def _check_combinations(cfg: TrainConfig) -> None:
     bad = [s for s in cfg.seeds if not 0 <= s < 2**32]
     if bad:
         raise ConfigError(f"{_named('seeds')} must be integers in [0, 2**32), got {bad}")
-    if cfg.val_frac + cfg.test_frac >= 1:
+    if cfg.val_frac is not None and cfg.test_frac is not None and cfg.val_frac + cfg.test_frac >= 1:
         raise ConfigError(f"val_frac + test_frac (--val-frac, --test-frac) must leave images to train on: "
                           f"{cfg.val_frac} + {cfg.test_frac} >= 1")
     if cfg.task == "classification" and cfg.warmup_epochs > cfg.epochs:

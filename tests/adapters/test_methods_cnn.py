@@ -198,6 +198,7 @@ def resnet50_rows(tmp_path_factory):
     return json.loads(out.getvalue())
 
 
+@pytest.mark.slow
 def test_list_resnet50_counts(resnet50_rows):
     rows = {r["method"]: r for r in resnet50_rows}
     # ssf: the official placement (after every conv and BN, and on the pooled features); sites="norm": 59,267
@@ -228,6 +229,7 @@ def test_list_table_and_all_methods(capsys):
     assert human(59_267) == "59.3K" and human(23_514_179) == "23.5M" and human(512) == "512"
 
 
+@pytest.mark.slow
 def test_list_bad_backbone_exits_2():
     proc = subprocess.run([sys.executable, "-m", "adapters", "list", "--backbone", "no_such_net", "--num-classes",
                            "3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -240,6 +242,7 @@ def test_list_needs_num_classes_with_a_backbone(capsys):
     assert "--num-classes" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_list_unet(capsys):
     assert main(["list", "--unet", "tiny", "--json"]) == 0
     rows = {r["method"]: r for r in json.loads(capsys.readouterr().out)}

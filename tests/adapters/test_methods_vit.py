@@ -278,6 +278,7 @@ def vit_b():
     return timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=NUM_CLASSES).eval()
 
 
+@pytest.mark.slow
 def test_vit_b16_trainable_counts(vit_b):
     head = 768 * NUM_CLASSES + NUM_CLASSES
     r, d, blocks = 8, 768, 12

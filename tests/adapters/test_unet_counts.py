@@ -7,9 +7,12 @@ import json
 from contextlib import redirect_stdout
 from io import StringIO
 
+import pytest
+
 from adapters.__main__ import main
 
 
+@pytest.mark.slow
 def test_sd15_listing_counts_and_paper_rows():
     out = StringIO()
     with redirect_stdout(out):

@@ -35,6 +35,7 @@ def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
             "--output-dir", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_offline_pretrained_cnn_learns_real_digits(tmp_path):
     """SSF on ImageNet EfficientNet-Lite0 (offline weights) learns scikit-learn's handwritten digits
     far above chance (10%) within about a CPU-minute."""
@@ -135,6 +136,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 def test_two_hpo_workers_share_one_study(shapes, tmp_path):
     import optuna
 
@@ -156,6 +158,7 @@ def test_two_hpo_workers_share_one_study(shapes, tmp_path):
     assert best.lr == pytest.approx(study.best_trial.params["lr"])
 
 
+@pytest.mark.slow
 def test_two_process_distributed_cpu_run(shapes, tmp_path):
     out = tmp_path / "ddp"
     import socket

@@ -115,8 +115,8 @@ def check_splits(cfg: TrainConfig, index) -> None:
                         f"classification needs at least two class folders/labels")
     if cfg.resume:
         return
-    for seed in cfg.seeds:
-        make_splits(index, seed=seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac, fraction=cfg.fraction)
+    for split_seed in dict.fromkeys(cfg.split_seed_for(seed) for seed in cfg.seeds):
+        make_splits(index, seed=split_seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac, fraction=cfg.fraction)
 
 
 def build_loaders(cfg, index, cache, dcfg, splits, seed):
@@ -169,9 +169,12 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     if cfg.resume and split_path.exists():
         splits = load_splits(split_path, index)
     else:
-        splits = make_splits(index, seed=seed, val_frac=cfg.val_frac, test_frac=cfg.test_frac, fraction=cfg.fraction)
+        # One split for every training seed (split_seed) unless --resplit-per-seed; the subsample of a
+        # --fraction run is drawn with the split, so it is shared too.
+        splits = make_splits(index, seed=cfg.split_seed_for(seed), val_frac=cfg.val_frac, test_frac=cfg.test_frac,
+                             fraction=cfg.fraction)
         if accelerator.is_main_process:
-            save_splits(splits, index, split_path)
+            save_splits(splits, index, split_path, meta={"split_seed": cfg.split_seed_for(seed), "train_seed": seed})
     set_seed(seed)
     backbone = cfg.resolved_backbone()
     model = create_backbone(backbone, len(index.class_names), pretrained=cfg.pretrained, img_size=cfg.img_size)
@@ -287,7 +290,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     return {"seed": seed, "val": val_best, "test": test, "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"], "trainable_params": trainable, "total_params": total,
             "wall_time_s": wall, "peak_memory_bytes": peak,
-            "split_sizes": {k: len(v) for k, v in splits.items()}}
+            "split_seed": cfg.split_seed_for(seed), "split_sizes": {k: len(v) for k, v in splits.items()}}
 
 
 def summarise(cfg: TrainConfig, index, per_seed: list[dict], run_dir: RunDir, wall: float) -> dict:

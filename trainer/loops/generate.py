@@ -136,7 +136,7 @@ def _load_data(cfg: TrainConfig, tokenizer, seed: int):
 
     options = dict(cfg.dataset_options)
     fn = GEN_DATASETS.get(cfg.dataset)
-    if fn is not None and "test_frac" in inspect.signature(fn).parameters:
+    if fn is not None and cfg.test_frac is not None and "test_frac" in inspect.signature(fn).parameters:
         options.setdefault("test_frac", cfg.test_frac)
     return load_generation_data(cfg.dataset, cfg.data_dir, tokenizer, fraction=cfg.fraction, seed=seed, **options)
 

@@ -77,6 +77,7 @@ def test_index_validates_and_subset_keeps_subgroups_aligned(tmp_path):
         assert part.subgroups["sex"].tolist() == sex[pos].tolist()
 
 
+@pytest.mark.slow
 def test_chestxray14_real_csv_subgroups(tmp_path):
     root = tmp_path / "nih"
     root.mkdir()

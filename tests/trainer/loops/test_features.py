@@ -56,6 +56,7 @@ def two_runs(tmp_path_factory):
     return root, data, counts
 
 
+@pytest.mark.slow
 def test_features_are_computed_once_then_reused(two_runs):
     root, _, (first, second) = two_runs
     # 36 images once (each in one split), over all epochs, + the check that model(x) == head(features)
@@ -134,6 +135,7 @@ def test_feature_key_depends_on_everything_that_changes_features():
     assert parse_config([]).cache_features is True
 
 
+@pytest.mark.slow
 def test_an_epoch_on_cached_features_is_much_faster():
     torch.manual_seed(0)
     model = apply_method(create_backbone(OFFLINE_LITE0, 3, pretrained=True), "linear_probe")

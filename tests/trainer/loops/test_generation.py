@@ -174,6 +174,7 @@ def test_identity_at_init(name, tiny_dir, parts, fixed):
     torch.testing.assert_close(predict(unet, parts, fixed), expected, rtol=0, atol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", UNET_METHODS)
 def test_train_save_load_merge(name, tiny_dir, parts, fixed, tmp_path):
     """20 steps on one fixed batch reduce the loss on the same fixed noise; save -> load (onto a fresh base)
@@ -441,6 +442,7 @@ def _smooth_images(n, seed, size=64):
     return (torch.nn.functional.interpolate(x, size=size, mode="bilinear") * 255).round().to(torch.uint8)
 
 
+@pytest.mark.slow
 def test_fid_network_and_properties():
     from trainer.loops.fid import InceptionFeatures, compute_fid, feature_extractor
 
@@ -558,6 +560,7 @@ def _cfg(tiny_dir, csv_data, out, **kw) -> TrainConfig:
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
     from adapters.unet_lora import DIFFUSERS_LORA_NAME
     from trainer.loops.generate import run
@@ -595,6 +598,7 @@ def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_run_mixed_precision_ema_checkpointing(tiny_dir, csv_data, tmp_path):
     """bf16 autocast with fp32 trainable tensors, EMA and gradient checkpointing (svdiff)."""
     from trainer.diffusion import load_generation_pipeline, sample

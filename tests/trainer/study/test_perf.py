@@ -2,6 +2,8 @@
 the targets; and the data-pipeline mode. Mechanics only: no timing is asserted."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import math
 import os
@@ -12,6 +14,7 @@ from pathlib import Path
 from adapters.backbones import TINY_VIT
 from trainer.study.perf import main as perf_main
 
+pytestmark = pytest.mark.slow  # subprocess end-to-end runs of python -m trainer.perf
 ROOT = Path(__file__).resolve().parents[3]
 
 
