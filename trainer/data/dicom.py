@@ -22,7 +22,7 @@ _MAGIC = b"DICM"
 
 
 
-def _name(src) -> str:
+def source_name(src) -> str:
     """A printable name for a path, bytes or file-like (for error messages)."""
     if isinstance(src, (str, os.PathLike)):
         return os.fspath(src)
@@ -31,7 +31,7 @@ def _name(src) -> str:
     return str(getattr(src, "name", "<file object>"))
 
 
-def _has_magic(src) -> bool:
+def has_dicom_magic(src) -> bool:
     """True if the source holds 'DICM' at byte 128 (the DICOM Part 10 file preamble)."""
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src[_MAGIC_OFFSET:_MAGIC_OFFSET + 4]) == _MAGIC
@@ -51,8 +51,8 @@ def _has_magic(src) -> bool:
     return bytes(head[_MAGIC_OFFSET:]) == _MAGIC
 
 
-def _has_dicom_extension(src) -> bool:
-    name = _name(src).lower()
+def has_dicom_extension(src) -> bool:
+    name = source_name(src).lower()
     return name.endswith(DICOM_EXTENSIONS)
 
 
@@ -62,13 +62,13 @@ def is_dicom(path_or_bytes) -> bool:
     Sniffs the 'DICM' marker at byte 128; a file named *.dcm / *.dicom also counts
     (some DICOM writers omit the preamble).
     """
-    return _has_magic(path_or_bytes) or _has_dicom_extension(path_or_bytes)
+    return has_dicom_magic(path_or_bytes) or has_dicom_extension(path_or_bytes)
 
 
 def _read_dataset(src) -> pydicom.Dataset:
-    name = _name(src)
-    magic = _has_magic(src)
-    if not magic and not _has_dicom_extension(src):
+    name = source_name(src)
+    magic = has_dicom_magic(src)
+    if not magic and not has_dicom_extension(src):
         raise DataError(f"{name} is not a DICOM file: expected the 'DICM' marker at byte 128 "
                         f"(or a .dcm/.dicom name), found neither.")
     if isinstance(src, (bytes, bytearray, memoryview)):
@@ -141,6 +141,6 @@ def read_dicom(path_or_fileobj) -> np.ndarray:
     Raises DataError for a non-DICOM file, a DICOM without pixel data, or pixel data that
     cannot be decoded.
     """
-    name = _name(path_or_fileobj)
+    name = source_name(path_or_fileobj)
     ds = _read_dataset(path_or_fileobj)
     return dicom_to_uint8(ds, name)

@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .dicom import _has_dicom_extension, _has_magic, _name, read_dicom
+from .dicom import has_dicom_extension, has_dicom_magic, read_dicom, source_name
 from .errors import DataError
 
 MAX_PIXELS = 64_000_000  # decompression-bomb guard: 64 megapixels
@@ -104,19 +104,19 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS, min_size: int | None = N
             raise DataError(f"expected an image array HxW or HxWxC, found shape {source.shape}.")
         _check_size(source.shape[1], source.shape[0], "image", max_pixels)
         return to_rgb(Image.fromarray(source))
-    name = _name(source)
+    name = source_name(source)
     if isinstance(source, (str, os.PathLike)) and not os.path.isfile(source):
         raise DataError(f"{name}: file not found." if not os.path.exists(source)
                         else f"{name} is not a file.")
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(bytes(source))
-    if _has_magic(source):
+    if has_dicom_magic(source):
         return _dicom_to_pil(source, name, max_pixels)
     try:
         return _open_pil(source, name, max_pixels, min_size)
     except DataError:
         # A preamble-less DICOM named *.dcm: try DICOM before giving up.
-        if _has_dicom_extension(source):
+        if has_dicom_extension(source):
             if hasattr(source, "seek"):
                 source.seek(0)
             return _dicom_to_pil(source, name, max_pixels)

@@ -1,6 +1,6 @@
 """Classify images with adapters (and explain with Grad-CAM); the adapters come from :mod:`.store`.
 
-    adapters = find_adapters("runs")                 # local adapter folders (+ Hub repos from MEDPEFT_HUB_ADAPTERS)
+    adapters = find_adapters("runs")                 # local adapter folders (+ Hub repos: find_adapters(root, [repo, ...]))
     predictor = Predictor()
     pred = predictor.predict(adapters[0], load_image("x.dcm"))   # (probs, seen image, latency_ms)
     heat = predictor.explain(adapters[0], image, class_idx=pred.top_index)
@@ -35,7 +35,8 @@ from adapters.io import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, apply_method, 
 
 from ..data.images import to_rgb
 from ..data.transforms import build_transforms, pre_resize
-from .store import AdapterInfo, InferenceError, class_names, hub_reachable
+from ..preflight import hub_reachable
+from .store import AdapterInfo, InferenceError, class_names
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,6 @@ adapter, and whether the Hub can be reached.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,6 @@ from adapters.io import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, apply_method, 
 from ..hub import pull_adapter
 from ..study.results import format_params
 
-HUB_ENV = "MEDPEFT_HUB_ADAPTERS"
 DEMO_NAME = "demo-imagenet-lite0"
 DEMO_NOTE = "demo: ImageNet classes, not medical"
 SKIP_DIRS = {".git", ".venv", "__pycache__", "node_modules", ".cache"}
@@ -135,14 +133,10 @@ def _scan_folder(root: Path, key_prefix: str, source: str, messages: list[str]) 
     return found
 
 
-def hub_repos_from_env() -> list[str]:
-    return [r.strip() for r in os.environ.get(HUB_ENV, "").split(",") if r.strip()]
-
-
 def find_adapters(root: str | os.PathLike | None, hub_repos: list[str] | None = None, *,
                   endpoint: str | None = None, cache_dir: str | os.PathLike | None = None) -> AdapterList:
-    """Adapter folders below ``root`` and the Hub adapter repos ``hub_repos`` (default: the
-    comma-separated ``MEDPEFT_HUB_ADAPTERS``; token from HF_TOKEN / ``huggingface-cli login``).
+    """Adapter folders below ``root`` and the Hub adapter repos ``hub_repos`` (the app passes
+    ``MEDPEFT_HUB_ADAPTERS`` from ui.settings; token from HF_TOKEN / ``huggingface-cli login``).
     Never raises: what could not be read or reached is said in ``.messages``."""
     messages: list[str] = []
     found: list[AdapterInfo] = []
@@ -152,7 +146,7 @@ def find_adapters(root: str | os.PathLike | None, hub_repos: list[str] | None = 
             found += _scan_folder(root, "", "local", messages)
         elif root.exists():
             messages.append(f"{root} is not a folder")
-    repos = hub_repos_from_env() if hub_repos is None else list(hub_repos)
+    repos = list(hub_repos or [])
     for repo in repos:
         try:
             snap = pull_adapter(repo, cache_dir=cache_dir, endpoint=endpoint)
@@ -213,27 +207,3 @@ def create_demo_adapter(adapters_dir: str | os.PathLike) -> Path:
     return folder
 
 
-# ------------------------------------------------------------------------------------ the Hub
-_HUB_CHECK: dict[str, tuple[float, bool]] = {}
-
-
-def hub_reachable(timeout: float = 3.0, ttl: float = 60.0) -> bool:
-    """Whether the Hub endpoint accepts a TCP connection (cached for ``ttl`` seconds)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
-    now = time.monotonic()
-    hit = _HUB_CHECK.get(host)
-    if hit and now - hit[0] < ttl:
-        return hit[1]
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            ok = True
-    except OSError:
-        ok = False
-    _HUB_CHECK[host] = (now, ok)
-    return ok

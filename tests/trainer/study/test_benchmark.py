@@ -18,7 +18,8 @@ import yaml
 
 from adapters.backbones import TINY_CNN
 from trainer.config import ConfigError
-from trainer.study.benchmark import cell_config, cell_space, cells, load_grid, run_grid
+from trainer.study.benchmark import run_grid
+from trainer.study.grid import cell_config, cell_space, cells, load_grid
 
 from tests.helpers import write_shapes
 from tests.helpers.postgres import postgres_url  # noqa: F401  (fixture)
