@@ -100,6 +100,50 @@ def _is_norm_act(module: nn.Module) -> bool:
         and isinstance(getattr(module, "drop", None), nn.Module)
 
 
+class _ScaleShiftFn(torch.autograd.Function):
+    """``y * scale + shift`` over the last dim that saves its OUTPUT, not ``y``, for backward.
+
+    ``grad_y = g * scale``, ``grad_shift = sum(g)``, ``grad_scale = sum(g * y)`` with ``y`` recomputed as
+    ``(out - shift) / scale``. The output is what the next op saves anyway where it needs its input
+    (GELU after ``fc1``, attention after ``qkv``), so SSF adds no activation of its own there (issue 16:
+    SSF's memory was 1.05x full fine-tuning's, because each site kept ``y`` too). Gradients equal the
+    plain expression's up to rounding (fp32: relative error ~1e-7 * |shift / scale|); a channel whose
+    scale is exactly 0 gets no scale gradient (its ``y`` cannot be recovered). An in-place op on the
+    output (e.g. ``ReLU(inplace=True)``) makes backward raise PyTorch's version-counter error rather
+    than compute wrong gradients; it is used for token layouts (Linear/LayerNorm outputs), not convs."""
+
+    @staticmethod
+    def forward(ctx, y, scale, shift):
+        out = y * scale + shift
+        ctx.save_for_backward(out, scale, shift)
+        ctx.y_dtype = y.dtype
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        out, scale, shift = ctx.saved_tensors
+        grad_y = grad_scale = grad_shift = None
+        if ctx.needs_input_grad[0]:
+            grad_y = (g * scale).to(ctx.y_dtype)
+        flat = g.reshape(-1, g.shape[-1])
+        if ctx.needs_input_grad[1]:
+            safe = torch.where(scale != 0, scale, torch.ones_like(scale))
+            y = torch.where(scale != 0, (out - shift) / safe, torch.zeros_like(out))
+            grad_scale = (flat * y.reshape(flat.shape)).sum(0).to(scale.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_shift = flat.sum(0).to(shift.dtype)
+        return grad_y, grad_scale, grad_shift
+
+
+def scale_shift(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``y * scale + shift`` over the last dim; while training, through :class:`_ScaleShiftFn`
+    (keeps the output instead of ``y`` for backward); the plain expression otherwise."""
+    if torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad or y.requires_grad):
+        return _ScaleShiftFn.apply(y, scale, shift)
+    return y * scale + shift
+
+
 class SSF(nn.Module):
     """``inner(x) * ssf_scale + ssf_shift`` per output channel (before a fused activation)."""
 
@@ -124,7 +168,7 @@ class SSF(nn.Module):
             shape = (-1,) + (1,) * (y.ndim - 2)
             y = y * self.ssf_scale.view(shape) + self.ssf_shift.view(shape)
         else:
-            y = y * self.ssf_scale + self.ssf_shift
+            y = scale_shift(y, self.ssf_scale, self.ssf_shift)
         if self.act is not None:
             y = self.act(self.drop(y))
         return y

@@ -1,20 +1,16 @@
 """The Train tab's run folders: where a run goes (``<adapters dir>/trained/<name>-<time>``), its
-results.json read and written, the summary of a finished run, and the run an adapter came from.
-
-TODO(H1): once trainer/run_dir.py exists, read and write results.json through RunDir/RunResults.
+results.json read and written (through :class:`trainer.run_dir.RunResults`, the one owner of that file),
+the summary of a finished run, and the run an adapter came from.
 """
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from ..run_dir import RunResults
 from .session import safe_run_name
-
-RESULTS = "results.json"
 
 
 def new_run_dir(adapters_dir: str | os.PathLike, *names: str | None) -> Path:
@@ -30,33 +26,18 @@ def new_run_dir(adapters_dir: str | os.PathLike, *names: str | None) -> Path:
 
 
 def read_results(run_dir: str | os.PathLike) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / RESULTS).read_text())
+    return RunResults.read(run_dir).data
 
 
 def write_results(run_dir: str | os.PathLike, results: dict[str, Any]) -> Path:
-    """results.json written atomically (a temporary file in the same folder, then renamed)."""
-    path = Path(run_dir) / RESULTS
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".results-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(results, f, indent=2, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """results.json, atomically (RunResults.write)."""
+    return RunResults(results).write(run_dir)
 
 
 def results_for_adapter(adapter_folder: str | os.PathLike) -> dict[str, Any] | None:
     """The results.json of the run that saved ``adapter_folder`` (``<run>/seed_N/adapter``), or None."""
-    folder = Path(adapter_folder)
-    run_folder = folder.parent.parent
-    if not (run_folder / RESULTS).is_file():
-        return None
-    results = read_results(run_folder)
-    if (run_folder / str(results.get("adapter_dir", ""))).resolve() != folder.resolve():
-        return None
-    return results
+    found = RunResults.of_adapter(adapter_folder)
+    return found.data if found is not None else None
 
 
 def best_seed(results: dict[str, Any]) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from ..config import ConfigError, TrainConfig
 from . import hpo
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, StudyError, default_url, fail_stale_trials, \
     open_storage, open_study
+from ..run_dir import RunDir
 from .grid import Cell, cell_config, cell_space, cells, load_grid, search_trials
 from .seeds import merge_seed_results, write_results
 
@@ -303,8 +304,9 @@ def _seed_run(cfg: TrainConfig) -> dict:
     from .. import run
 
     out = Path(cfg.output_dir)
-    if (out / "results.json").exists():  # finished, but its worker died before recording it
-        return json.loads((out / "results.json").read_text())
+    done = RunDir(out, cfg.seeds)
+    if done.finished:  # finished, but its worker died before recording it
+        return done.read_results().data
     cfg.resume = (out / "config.yaml").exists()
     return run(cfg)
 

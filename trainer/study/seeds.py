@@ -4,11 +4,10 @@ the trainer computes them for a multi-seed run (:func:`trainer.loops.metrics.agg
 from __future__ import annotations
 
 import copy
-import json
-import os
 from pathlib import Path
 
 from ..loops.metrics import aggregate, headline
+from ..run_dir import RunResults
 
 
 def merge_seed_results(runs: list[dict], folders: list[str]) -> dict:
@@ -32,10 +31,6 @@ def merge_seed_results(runs: list[dict], folders: list[str]) -> dict:
 
 
 def write_results(cell_dir: Path, results: dict) -> Path:
-    """Atomically: several workers may finish a cell's last seed at once and write the same file."""
+    """Atomically (RunResults.write): several workers may finish a cell's last seed at once."""
     cell_dir.mkdir(parents=True, exist_ok=True)
-    path = cell_dir / "results.json"
-    tmp = cell_dir / f".results.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    os.replace(tmp, path)
-    return path
+    return RunResults(results).write(cell_dir)

@@ -2,7 +2,6 @@
 adapter of its U-Net (Dutt et al., Table 4). API: ``/generate``."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import gradio as gr
@@ -22,9 +21,6 @@ class GenerateTab:
             gr.Markdown("Generate a chest X-ray from report text with Stable Diffusion, optionally with a PEFT "
                         "adapter of its U-Net (Dutt et al., Table 4). Needs a diffusers pipeline: a Hub id "
                         "(online) or a local folder; set `MEDPEFT_SD_BASE` to pre-fill it.")
-            if importlib.util.find_spec("trainer.loops.generate") is None:
-                gr.Markdown("⚠️ Text-to-image generation is not available in this installation "
-                            "(`trainer/loops/generate.py` is missing).", elem_classes="medpeft-note")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5):
                     self.prompt_in = gr.Textbox(label="Report text (prompt)", lines=4,
