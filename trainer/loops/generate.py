@@ -48,7 +48,7 @@ from ..diffusion import (GenerationError, build_pipeline, check_base, diffusion_
 from ..run_dir import RunDir, RunResults
 from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import aggregate
-from .optim import make_accelerator
+from .optim import build_optimizer, make_accelerator
 
 BACKBONE = "stable_diffusion_unet"
 
@@ -227,7 +227,8 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
     if dtype != torch.float32:
         _cast_frozen(unet, dtype)
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # As the classification loop: no weight decay on 1-D tensors (biases, norm gains, DiffFit's scales).
+    optimizer = build_optimizer(unet, lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(params) if cfg.ema else None
     unet, optimizer = accelerator.prepare(unet, optimizer)
     plain = accelerator.unwrap_model(unet)

@@ -348,9 +348,14 @@ def main(argv: list[str] | None = None) -> int:
             counts = run_grid(args.grid, args.results_dir, args.worker_id, args.storage, args.heartbeat,
                               args.stale_after, args.max_trials, args.poll)
             return 1 if counts["failed"] else 0
-        from .report import write_report
+        from .report import NoResultsError, write_report
 
-        for path in write_report(args.results_dir, args.out):
+        try:
+            paths = write_report(args.results_dir, args.out)
+        except NoResultsError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        for path in paths:
             print(path)
         return 0
     except (ConfigError, StudyError) as e:

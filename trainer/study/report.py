@@ -80,11 +80,21 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+class NoResultsError(ValueError):
+    """The results folder is missing or holds no MedPEFT results.json: there is nothing to report."""
+
+
 def write_report(results_dir: str | Path, out: str | Path | None = None) -> list[Path]:
+    """Tables, the efficiency table and plots of the runs below ``results_dir``; :class:`NoResultsError`
+    (nothing written) when the folder is missing or holds no MedPEFT run."""
     results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise NoResultsError(f"{results_dir} does not exist: give the --results-dir of a benchmark run")
+    local = local_rows(results_dir)
+    if not len(local):
+        raise NoResultsError(f"no MedPEFT results.json below {results_dir}: nothing to report yet")
     out = Path(out) if out else results_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    local = local_rows(results_dir)
     ref = reference_rows()
     written: list[Path] = []
     eff = efficiency_rows(results_dir)
@@ -130,8 +140,4 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
         path = out / "data_volume.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
-    if not written:
-        note = out / "README.md"
-        note.write_text(f"No MedPEFT results.json found below {results_dir}.\n")
-        written.append(note)
     return written

@@ -37,7 +37,7 @@ LOCAL_SOURCE = "local"
 
 COLUMNS = ["task", "backbone", "backbone_full", "dataset", "method", "metric", "mean", "std", "n_seeds",
            "trainable_params", "trainable_params_text", "total_params", "fraction", "n_train", "source",
-           "table", "path"]
+           "table", "path", "note"]
 LOWER_IS_BETTER = {"fid"}
 METRIC_LABELS = {"f1_macro": "F1 (%)", "fid": "FID", "auroc": "AUROC (%)", "accuracy": "accuracy (%)"}
 PERCENT_METRICS = {"f1_macro", "auroc", "accuracy", "balanced_accuracy"}
@@ -142,6 +142,15 @@ def _metric_from_run(metrics: dict, task: str) -> tuple[str, float, float, int] 
     return None
 
 
+def cached_features_note(data: dict) -> str:
+    """Linear probing on cached eval-transform features (the trainer's fast default) sees no
+    augmentation, unlike every other method: say so wherever its score is shown."""
+    cfg = data.get("config") or {}
+    if data.get("method") == "linear_probe" and cfg.get("cache_features", True):
+        return CACHED_FEATURES_NOTE
+    return ""
+
+
 def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> dict | None:
     """One ``results.json`` as a table row; ``None`` (with a logged warning) if it is not a MedPEFT
     run or is malformed."""
@@ -175,6 +184,7 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
             "total_params": data.get("total_params"),
             "fraction": float(fraction) if isinstance(fraction, (int, float)) else 1.0,
             "n_train": data.get("n_train"), "source": LOCAL_SOURCE, "table": "", "path": rel,
+            "note": cached_features_note(data),
         }
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         log.warning("skipping %s: malformed MedPEFT results (%s: %s)", path, type(e).__name__, e)
@@ -226,7 +236,8 @@ def format_score(metric: str, mean: float, std: float) -> str:
 
 
 LEADERBOARD_COLUMNS = ["task", "backbone", "dataset", "method", "metric", "mean ± std", "trainable params",
-                       "source", "fraction", "n_train"]
+                       "source", "fraction", "n_train", "note"]
+CACHED_FEATURES_NOTE = "head trained on cached features: no augmentation"
 
 
 def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
@@ -246,6 +257,7 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         "source": d["source"],
         "fraction": [f"{f:g}" if f == f else "" for f in d["fraction"]],
         "n_train": [f"{int(n)}" if n == n else "" for n in d["n_train"]],
+        "note": d["note"].fillna(""),
     })
     return out.reset_index(drop=True)
 

@@ -191,3 +191,24 @@ def test_killed_worker_trial_is_retried(grid_file, tmp_path, backend, request):
     retry = [t for t in seeds.trials if t.system_attrs.get("failed_trial") == dead[0].number]
     assert len(retry) == 1 and retry[0].state == S.COMPLETE  # ... re-queued and completed once
     _assert_every_cell_once(results, storage)
+
+
+def test_report_on_a_missing_or_empty_folder_says_so_and_exits_2(tmp_path, capsys):
+    from trainer.study.benchmark import main
+
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nowhere").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no MedPEFT results.json" in capsys.readouterr().err
+    assert list((tmp_path / "empty").iterdir()) == []  # no report folder made
+
+
+def test_linear_probe_rows_say_when_features_were_cached():
+    from trainer.study.results import CACHED_FEATURES_NOTE, cached_features_note
+
+    assert cached_features_note({"method": "linear_probe", "config": {"cache_features": True}}) == CACHED_FEATURES_NOTE
+    assert cached_features_note({"method": "linear_probe", "config": {"cache_features": False}}) == ""
+    assert cached_features_note({"method": "lora", "config": {}}) == ""
+    grid = load_grid(GRIDS / "table2_resnet50.yaml")
+    assert grid["overrides"]["linear_probe"]["cache_features"] is False  # like-for-like in the paper grids
