@@ -4,6 +4,8 @@ with two workers on one study, and a 2-process distributed CPU run."""
 from __future__ import annotations
 
 import json
+import math
+import re
 import os
 import subprocess
 import sys
@@ -174,3 +176,9 @@ def test_two_process_distributed_cpu_run(shapes, tmp_path):
     # Evaluation gathers both processes' shards: every test image counted once.
     cm = results["per_seed"][0]["test"]["confusion_matrix"]
     assert sum(map(sum, cm)) == results["split_sizes"]["test"]
+    assert results["num_processes"] == 2  # two ranks really trained
+    # each rank's epoch bar counts that rank's shard of the batches, not all of them (it would stop at 50%)
+    n_train, batch = results["split_sizes"]["train"], 8
+    batches = n_train // batch if n_train > batch else 1  # drop_last when there is more than one batch
+    totals = {int(t) for t in re.findall(r"seed 0 epoch 1/2:\s+\d+%\|[^|]*\| \d+/(\d+)", proc.stderr)}
+    assert totals == {math.ceil(batches / 2)}, proc.stderr[-2000:]

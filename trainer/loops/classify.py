@@ -95,6 +95,7 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
                                    progress, stop))
     results = summarise(cfg, index, per_seed, run_dir, time.time() - t0)
     results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
+    results["num_processes"] = accelerator.num_processes  # torchrun / accelerate launch ranks that trained
     if accelerator.is_main_process:
         run_dir.write_results(results)
         print(format_summary(results))
@@ -194,9 +195,14 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
             full_model = model
             model, train_dl, val_dl, test_dl = swap
     # ---- END linear probe on cached features -------------------------------------------------------------
-    steps = len(train_dl) if cfg.max_steps_per_epoch is None else min(len(train_dl), cfg.max_steps_per_epoch)
+    # Steps per epoch on each process (under torchrun accelerate shards the loader, padding to equal
+    # shards); the bars and the cap count these. The schedule is built for all processes' steps, as
+    # accelerate steps a prepared scheduler once per process.
+    steps = math.ceil(len(train_dl) / accelerator.num_processes)
+    if cfg.max_steps_per_epoch is not None:
+        steps = min(steps, cfg.max_steps_per_epoch)
     opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = build_scheduler(opt, cfg.epochs, steps, cfg.warmup_epochs)
+    sched = build_scheduler(opt, cfg.epochs, steps * accelerator.num_processes, cfg.warmup_epochs)
     model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
     loss_fn = _loss_fn(index, cfg)
     plain = accelerator.unwrap_model(model) if full_model is None else full_model  # see the cached-feature branch

@@ -5,7 +5,11 @@
 """
 from __future__ import annotations
 
+import hashlib
+
 import pandas as pd
+
+from adapters import METHODS
 
 from .results import LOWER_IS_BETTER, METRIC_LABELS, PERCENT_METRICS, REFERENCE_SOURCE, ranks
 
@@ -22,7 +26,18 @@ def pareto_front(points: list[tuple[float, float]], higher_is_better: bool = Tru
     return front
 
 
-_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H", "1", "2"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H"]
+
+
+def method_style(method: str) -> tuple[str, str]:
+    """(marker, colour) of a method, the same in every plot and every report."""
+    import matplotlib
+
+    names = sorted(METHODS)
+    i = names.index(method) if method in names else \
+        len(names) + int(hashlib.sha256(method.encode()).hexdigest(), 16) % 97
+    colour = matplotlib.colormaps["tab20"](i % 20)
+    return MARKERS[i % len(MARKERS)], matplotlib.colors.to_hex(colour)
 
 
 def _plot_metric(df: pd.DataFrame) -> str | None:
@@ -78,9 +93,9 @@ def pareto_plot(df: pd.DataFrame, metric: str | None = None):
     groups = sorted(pts[["source", "backbone"]].drop_duplicates().itertuples(index=False, name=None))
     colors = [f"C{i % 10}" for i in range(len(groups))]
     color_of = dict(zip(groups, colors))
-    for i, method in enumerate(methods):
+    for method in methods:
         sub = pts[pts["method"] == method]
-        ax.scatter(sub["params"], sub["y"], marker=_MARKERS[i % len(_MARKERS)], s=60,
+        ax.scatter(sub["params"], sub["y"], marker=method_style(method)[0], s=60,
                    c=[color_of[(s, b)] for s, b in zip(sub["source"], sub["backbone"])],
                    edgecolors="black", linewidths=0.5, label=method, zorder=3)
     fronts = 0
@@ -100,8 +115,8 @@ def pareto_plot(df: pd.DataFrame, metric: str | None = None):
     from matplotlib.lines import Line2D
 
     # Marker legend (white: colour stands for backbone/source), then the colour legend.
-    handles = [Line2D([], [], marker=_MARKERS[i % len(_MARKERS)], linestyle="", markerfacecolor="white",
-                      markeredgecolor="black", label=m) for i, m in enumerate(methods)]
+    handles = [Line2D([], [], marker=method_style(m)[0], linestyle="", markerfacecolor="white",
+                      markeredgecolor="black", label=m) for m in methods]
     if fronts:
         handles.append(Line2D([], [], color="grey", linestyle="--", label="Pareto front"))
     handles += [Line2D([], [], marker="o", linestyle="", color=c, markeredgecolor="black",
@@ -128,11 +143,10 @@ def data_volume_plot(df: pd.DataFrame, metric: str | None = None):
         return None
     percent = metric in PERCENT_METRICS
     fig, ax = _figure(9, 5)
-    methods = sorted({m for _, _, m in varying})
     for s, b, m in varying:
         sub = agg[(agg["source"] == s) & (agg["backbone"] == b) & (agg["method"] == m)].sort_values("fraction")
         tag = "paper" if s == REFERENCE_SOURCE else s
-        ax.plot(sub["fraction"], sub["mean"] * (100 if percent else 1), marker=_MARKERS[methods.index(m) % 17],
+        ax.plot(sub["fraction"], sub["mean"] * (100 if percent else 1), marker=method_style(m)[0],
                 label=f"{m} · {b} ({tag})")
     ax.set_xscale("log")
     ax.set_xlabel("fraction of the training set (log scale)")

@@ -10,8 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .efficiency import efficiency_rows
-from .plots import data_volume_plot, pareto_plot
-from .report_plots import efficiency_plot
+from .report_plots import data_volume_plot, efficiency_plot, pareto_plot
 from .results import LOWER_IS_BETTER, REFERENCE_SOURCE, all_rows, format_score, local_rows, ranks, reference_rows
 
 
@@ -130,12 +129,13 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
             fig.savefig(path, dpi=120, bbox_inches="tight")
             written.append(path)
     both = all_rows(results_dir)
-    fig = pareto_plot(both)
+    metric = "f1_macro" if (local["metric"] == "f1_macro").any() else str(local["metric"].iloc[0])
+    fig = pareto_plot(both, metric)
     if fig is not None:
         path = out / "pareto.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
-    fig = data_volume_plot(local) if len(local) else None
+    fig = data_volume_plot(local, metric)
     if fig is not None:
         path = out / "data_volume.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")

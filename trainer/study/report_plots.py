@@ -2,29 +2,17 @@
 place in the registry decides both), our runs filled, the paper's values hollow."""
 from __future__ import annotations
 
-import hashlib
 import math
 
 import pandas as pd
 
-from adapters import METHODS
 
-from .plots import largest_fraction, pareto_front
+from .plots import largest_fraction, method_style, pareto_front
 from .results import LOCAL_SOURCE, LOWER_IS_BETTER, METRIC_LABELS
 
-MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h", "p", "8", "d", "H"]
 PERCENT = {"f1_macro", "auroc", "accuracy", "balanced_accuracy"}
 
 
-def method_style(method: str) -> tuple[str, str]:
-    """(marker, colour) of a method, the same in every plot and every report."""
-    import matplotlib
-
-    names = sorted(METHODS)
-    i = names.index(method) if method in names else \
-        len(names) + int(hashlib.sha256(method.encode()).hexdigest(), 16) % 97
-    colour = matplotlib.colormaps["tab20"](i % 20)
-    return MARKERS[i % len(MARKERS)], matplotlib.colors.to_hex(colour)
 
 
 def _figure(panels: int = 1, width: float = 8.0, height: float = 4.8):

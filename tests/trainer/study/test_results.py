@@ -160,3 +160,12 @@ def test_generation_rows_and_filters(tmp_path, ref):
     assert "lower is better" in fig.axes[0].get_ylabel()
     assert len(R.filter_rows(df, source=[])) == len(df)  # an empty filter keeps everything
     assert R.leaderboard(R.filter_rows(df, dataset="nope")).empty
+
+
+def test_one_marker_and_colour_per_method_in_every_plot():
+    from adapters import METHODS
+    from trainer.study.plots import method_style
+
+    styles = {m: method_style(m) for m in METHODS}
+    assert styles == {m: method_style(m) for m in sorted(METHODS, reverse=True)}  # independent of order
+    assert len(set(styles.values())) == len(styles)  # no two methods look alike
