@@ -32,6 +32,11 @@ from .config import ConfigError
 
 RESULTS_NAME = "results.json"
 CONFIG_NAME = "config.yaml"
+# What a resumed run may change: its epoch budget, where and whether its result goes, and the images it
+# writes for validation and FID (sampling only: training is unaffected).
+RESUME_MAY_CHANGE = frozenset({"epochs", "max_train_steps", "output_dir", "resume", "overwrite", "push_to_hub",
+                               "hub_private", "fid_samples", "validation_steps", "validation_prompts",
+                               "num_inference_steps", "guidance_scale"})
 RUN_KIND = "medpeft-run"
 """``results.json``'s ``"kind"``: what tells a MedPEFT run from any other results.json."""
 
@@ -173,7 +178,26 @@ class RunDir:
         if run.finished and not (cfg.overwrite or cfg.resume):
             raise RunExistsError(f"{run.root} already holds a finished run ({RESULTS_NAME}). Use --overwrite to "
                                  f"replace it or choose another --output-dir")
+        if run.config_path.exists() and not run.finished and not (cfg.overwrite or cfg.resume):
+            raise RunExistsError(f"{run.root} holds an interrupted run: continue it with --resume, start it over "
+                                 f"with --overwrite, or choose another --output-dir")
+        if cfg.resume and not cfg.overwrite and run.config_path.exists():
+            changed = run.changed_settings(cfg)
+            if changed:
+                raise RunExistsError(f"--resume with settings that differ from the run in {run.root}: "
+                                     f"{', '.join(changed)} (only {', '.join(sorted(RESUME_MAY_CHANGE))} may "
+                                     f"change); use --overwrite to start over with the new settings")
         return run
+
+    def changed_settings(self, cfg) -> list[str]:
+        """The options of ``cfg`` that differ from the run's saved ``config.yaml`` (besides those a resumed
+        run may change: the epoch budget and output options)."""
+        import yaml
+
+        saved = yaml.safe_load(self.config_path.read_text()) or {}
+        now = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return sorted(k for k in set(saved) | set(now)
+                      if k not in RESUME_MAY_CHANGE and saved.get(k) != now.get(k))
 
     # -- paths
     @property

@@ -182,3 +182,25 @@ def test_two_process_distributed_cpu_run(shapes, tmp_path):
     batches = n_train // batch if n_train > batch else 1  # drop_last when there is more than one batch
     totals = {int(t) for t in re.findall(r"seed 0 epoch 1/2:\s+\d+%\|[^|]*\| \d+/(\d+)", proc.stderr)}
     assert totals == {math.ceil(batches / 2)}, proc.stderr[-2000:]
+
+
+def test_interrupted_run_is_not_silently_restarted(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "1")) == 0
+    (out / "results.json").unlink()  # as if killed before the end
+    checkpoint = sorted((out / "seed_0").rglob("*"))
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "1")) == 2
+    assert "interrupted run" in capsys.readouterr().err
+    assert sorted((out / "seed_0").rglob("*")) == checkpoint  # nothing overwritten
+
+
+def test_resume_refuses_changed_settings_but_not_a_larger_epoch_budget(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "1")) == 0
+    (out / "results.json").unlink()
+    config = (out / "config.yaml").read_text()
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "2", "--resume", "--lr", "0.5", "--img-size", "48")) == 2
+    err = capsys.readouterr().err
+    assert "img_size, lr (only epochs" in err and err.count("error:") == 1
+    assert (out / "config.yaml").read_text() == config  # not rewritten
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "2", "--resume")) == 0
