@@ -211,7 +211,7 @@ def tensors_of(obj, source: str) -> dict[str, torch.Tensor]:
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Write the tensors of ``src`` (read safely) to a ``.safetensors`` file; returns the tensor count."""
-    from safetensors.torch import save_file
+    from .io import save_tensors
 
     state = read_checkpoint(src, inert=True)
     dst = Path(dst)
@@ -219,7 +219,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> int:
         raise CheckpointError(f"output must end in .safetensors, got {dst.name}")
     dst.parent.mkdir(parents=True, exist_ok=True)
     # safetensors refuses tensors sharing storage: give each its own.
-    save_file({k: v.detach().clone().contiguous() for k, v in state.items()}, str(dst),
+    save_tensors({k: v.detach().clone().contiguous() for k, v in state.items()}, str(dst),
               metadata={"source": Path(str(src)).name})
     return len(state)
 

@@ -122,8 +122,40 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
-def _atomic_write(path: Path, write) -> None:
+def umask() -> int:
+    """The process's file-creation mask, read without changing it (Linux /proc), else by setting and
+    restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file_beside(path: str | os.PathLike) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``path``'s folder, but with the mode an ordinary ``open`` would give
+    (0666 minus the umask) instead of mkstemp's 0600: an atomically written file gets the same
+    permissions as every other file of the run."""
+    path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` with the mode an ordinary ``open`` gives (0666 minus the umask;
+    safetensors itself creates 0600 files)."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~umask())
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = temp_file_beside(path)
     os.close(fd)
     try:
         write(tmp)
@@ -146,7 +178,7 @@ def save_adapter(model: nn.Module, folder: str | os.PathLike, config: AdapterCon
     config.versions = config.versions or library_versions()
     state = adapter_state_dict(model)
     meta = {"format": "pt", "medpeft_method": config.method, "backbone": config.backbone}
-    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata=meta))
+    _atomic_write(folder / WEIGHTS_NAME, lambda p: save_tensors(state, p, metadata=meta))
     if is_peft(model):
         model.peft_config["default"].save_pretrained(str(folder))  # adapter_config.json
     if get_method(config.method).export is not None:  # extra formats (diffusers LoRA file)

@@ -204,3 +204,15 @@ def test_resume_refuses_changed_settings_but_not_a_larger_epoch_budget(shapes, t
     assert "img_size, lr (only epochs" in err and err.count("error:") == 1
     assert (out / "config.yaml").read_text() == config  # not rewritten
     assert trainer_main(tiny_args(shapes, out, "--epochs", "2", "--resume")) == 0
+
+
+def test_every_file_of_a_run_honours_the_umask(shapes, tmp_path):
+    out = tmp_path / "run"
+    old = os.umask(0o027)
+    try:
+        assert trainer_main(tiny_args(shapes, out, "--epochs", "1", "--cache-dir", str(tmp_path / "cache"))) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in list(out.rglob("*")) + list((tmp_path / "cache").rglob("*")) if p.is_file()]
+    assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}, \
+        sorted((oct(p.stat().st_mode & 0o777), str(p.relative_to(tmp_path))) for p in files)

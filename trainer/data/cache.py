@@ -15,7 +15,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
+
+from adapters.io import temp_file_beside
 
 from .errors import DataError
 from .images import load_image
@@ -227,7 +228,7 @@ def build_image_cache(index: DatasetIndex, cache_dir, cache_size: int = 256, wor
         np.save(tmp_rows, np.asarray(table, dtype=np.int64))
         meta = {"version": CACHE_VERSION, "name": index.name, "cache_size": size, "resize": "shorter_side",
                 "num_images": n, "rows": good, "bad": [list(b) for b in bad]}
-        fd, meta_tmp = tempfile.mkstemp(prefix=meta_path.name + ".", suffix=".tmp", dir=cache_dir)
+        fd, meta_tmp = temp_file_beside(meta_path)
         with os.fdopen(fd, "w") as f:
             json.dump(meta, f)
         os.replace(meta_tmp, meta_path)

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from adapters.io import temp_file_beside
 
 from .errors import DataError, short_list
 from .index import DatasetIndex
@@ -242,7 +243,7 @@ def save_splits(splits: dict[str, np.ndarray], index: DatasetIndex, path, meta: 
         doc["splits"][name] = [rel[i] for i in pos]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_file_beside(path)
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=1)
     os.replace(tmp, path)

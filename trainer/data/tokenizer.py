@@ -19,8 +19,9 @@ import functools
 import gzip
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from adapters.io import temp_file_beside
 
 from ..assets import package_file
 
@@ -84,7 +85,7 @@ def write_tokenizer_files(folder: str | os.PathLike) -> Path:
                                                "pad_token": EOS}, indent=2),
     }
     for name, text in files.items():
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
+        fd, tmp = temp_file_beside(folder / name)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, folder / name)

@@ -13,9 +13,8 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from adapters.io import adapter_state_dict, load_adapter_weights
+from adapters.io import adapter_state_dict, load_adapter_weights, save_tensors
 
 
 def save_checkpoint(path: Path, model, trainer_state: dict, state: dict) -> None:
@@ -23,7 +22,7 @@ def save_checkpoint(path: Path, model, trainer_state: dict, state: dict) -> None
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(adapter_state_dict(model), str(tmp / "adapter.safetensors"))
+    save_tensors(adapter_state_dict(model), str(tmp / "adapter.safetensors"))
     torch.save(trainer_state, tmp / "trainer_state.pt")
     (tmp / "state.json").write_text(json.dumps(state))
     old = path.with_name(path.name + ".old")

@@ -250,10 +250,10 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
         if improved:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
             if main:
-                from safetensors.torch import save_file
+                from adapters.io import save_tensors
 
                 tmp = best_path.with_name(".best.tmp")
-                save_file(adapter_state_dict(plain), str(tmp))
+                save_tensors(adapter_state_dict(plain), str(tmp))
                 os.replace(tmp, best_path)
         else:
             state["bad_epochs"] += 1

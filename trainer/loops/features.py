@@ -164,12 +164,12 @@ def load_features(path: Path, rows: np.ndarray) -> torch.Tensor | None:
 
 def save_features(path: Path, features: torch.Tensor, rows: np.ndarray, meta: dict) -> None:
     """Atomic: a finished file is a complete one."""
-    from safetensors.torch import save_file
+    from adapters.io import save_tensors
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file({"features": features.contiguous(), "rows": torch.as_tensor(np.asarray(rows, dtype=np.int64))},
+        save_tensors({"features": features.contiguous(), "rows": torch.as_tensor(np.asarray(rows, dtype=np.int64))},
                   str(tmp), metadata={k: str(v) for k, v in meta.items()})
         os.replace(tmp, path)
     finally:
