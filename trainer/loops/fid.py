@@ -209,6 +209,17 @@ def fid_metric(device: str | torch.device = "cpu", feature: nn.Module | None = N
     return _metric_class()(feature if feature is not None else feature_extractor(device)).to(device)
 
 
+RELIABLE_FID_SAMPLES = 2048  # below this per side FID is strongly biased (and the 2048-d covariance rank-deficient)
+
+
+def small_sample_warning(n_real: int, n_fake: int) -> str | None:
+    """A warning text when either side has fewer than 2,048 images (None otherwise)."""
+    if min(n_real, n_fake) >= RELIABLE_FID_SAMPLES:
+        return None
+    return (f"FID from {n_real} real and {n_fake} generated images: below {RELIABLE_FID_SAMPLES:,} per side FID "
+            f"is biased upwards and not comparable across sample sizes; report both sizes with it")
+
+
 def compute_fid(real_images, fake_images, batch_size: int = 32, device: str | torch.device | None = None) -> float:
     """FID between two image sets (each: a sequence of PIL images or paths, or a uint8 ``[N, 3, H, W]``
     tensor / float tensor in [0, 1]). At least 2 images per set; FID is biased for small sets."""
@@ -250,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    warning = small_sample_warning(len(real), len(fake))
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{value:.4f}")
     return 0
 

@@ -177,8 +177,10 @@ def _validate(cfg, parts, unet, prompts, step: int, out: Path, accelerator, seed
     return paths
 
 
-def _fid(cfg, parts, unet, data, out: Path, accelerator, seed: int) -> float:
-    from .fid import compute_fid
+def _fid(cfg, parts, unet, data, out: Path, accelerator, seed: int) -> dict:
+    """FID of ``cfg.fid_samples`` generated images against as many real test images (cycled prompts),
+    with both sample sizes and, below 2,048 per side, a warning (also printed)."""
+    from .fid import compute_fid, small_sample_warning
     from ..data.text2img import load_grayscale
 
     n = int(cfg.fid_samples)
@@ -193,7 +195,12 @@ def _fid(cfg, parts, unet, data, out: Path, accelerator, seed: int) -> float:
     for i, img in enumerate(fakes):
         img.save(folder / f"{i:05d}.png")
     reals = [load_grayscale(p.path, cfg.resolution).convert("RGB") for p in test[:n]]
-    return compute_fid(reals, fakes, batch_size=max(2, cfg.batch_size), device=accelerator.device)
+    value = compute_fid(reals, fakes, batch_size=max(2, cfg.batch_size), device=accelerator.device)
+    warning = small_sample_warning(len(reals), len(fakes))
+    if warning:
+        warnings.warn(warning, stacklevel=2)
+        accelerator.print(f"warning: {warning}")
+    return {"fid": value, "n_real": len(reals), "n_generated": len(fakes), "warning": warning}
 
 
 def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunDir, accelerator) -> dict:
@@ -311,12 +318,15 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
     if main:
         save_adapter(plain, run_dir.adapter_dir(seed), acfg)
         if cfg.fid_samples > 0:
-            fid = _fid(cfg, parts, plain, data, out, accelerator, seed)
+            scored = _fid(cfg, parts, plain, data, out, accelerator, seed)
+            fid = scored["fid"]
             result["test"] = {"fid": fid}
-            acfg.metrics = {"test_fid": fid, "fid_samples": int(cfg.fid_samples)}
+            result["fid_samples"] = {"real": scored["n_real"], "generated": scored["n_generated"],
+                                     "warning": scored["warning"]}
+            acfg.metrics = {"test_fid": fid, "fid_samples": int(cfg.fid_samples), "fid_real_samples": scored["n_real"]}
             save_adapter(plain, run_dir.adapter_dir(seed), acfg)
-            accelerator.print(f"[seed {seed}] FID {fid:.3f} ({cfg.fid_samples} generated vs "
-                              f"{min(cfg.fid_samples, len(data.test))} real test images)")
+            accelerator.print(f"[seed {seed}] FID {fid:.3f} ({scored['n_generated']} generated vs "
+                              f"{scored['n_real']} real test images)")
     accelerator.wait_for_everyone()
     return result
 

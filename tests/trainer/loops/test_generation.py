@@ -501,7 +501,9 @@ def test_fid_command_line(tmp_path, capsys):
         for i, img in enumerate(_smooth_images(2, seed)):
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp_path / kind / f"{i}.png")
     assert main([str(tmp_path / "real"), str(tmp_path / "fake"), "--batch-size", "2", "--device", "cpu"]) == 0
-    assert float(capsys.readouterr().out.strip()) > 0
+    captured = capsys.readouterr()
+    assert float(captured.out.strip()) > 0
+    assert "warning: FID from 2 real and 2 generated images" in captured.err
     assert main([str(tmp_path / "real"), str(tmp_path / "nothing")]) == 2
 
 
@@ -571,6 +573,8 @@ def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
     assert results["backbone"] == "stable_diffusion_unet" and results["n_train"] == 4
     fid = results["metrics"]["test"]["fid"]
     assert fid["values"] and np.isfinite(fid["mean"]) and fid["std"] == 0.0
+    sizes = results["per_seed"][0]["fid_samples"]  # both sample sizes, and the small-sample warning
+    assert sizes["real"] == 2 and sizes["generated"] == 2 and "below 2,048" in sizes["warning"]
     assert results["trainable_params"] < results["total_params"]
     saved = json.loads((out / "results.json").read_text())
     assert saved["metrics"] == results["metrics"] and saved["config"]["method"] == "lora"
