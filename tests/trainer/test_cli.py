@@ -216,3 +216,12 @@ def test_every_file_of_a_run_honours_the_umask(shapes, tmp_path):
     files = [p for p in list(out.rglob("*")) + list((tmp_path / "cache").rglob("*")) if p.is_file()]
     assert files and {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}, \
         sorted((oct(p.stat().st_mode & 0o777), str(p.relative_to(tmp_path))) for p in files)
+
+
+def test_evaluation_and_feature_extraction_show_progress(shapes, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = tiny_args(shapes, out, "--epochs", "1")
+    args[args.index("bitfit")] = "linear_probe"
+    assert trainer_main(args) == 0
+    err = capsys.readouterr().err
+    assert "features (train)" in err and "seed 0 val" in err and "seed 0 test" in err

@@ -145,10 +145,11 @@ def _loss_fn(index, cfg):
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, class_names, multilabel) -> dict:
+def evaluate(model, loader, accelerator, class_names, multilabel, desc: str = "evaluating") -> dict:
+    """Metrics over the whole split: every process's shard gathered (each image counted once)."""
     model.eval()
     all_logits, all_targets = [], []
-    for x, y in loader:
+    for x, y in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False, dynamic_ncols=True):
         with accelerator.autocast():
             logits = model(x)
         logits, y = accelerator.gather_for_metrics((logits.float(), y))
@@ -244,7 +245,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
                 progress({"kind": "step", "seed": seed, "epoch": epoch, "step": step + 1, "steps": steps,
                           "loss": total_loss / n_batches})
         bar.close()
-        val = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel)
+        val = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel, f"seed {seed} val")
         score = headline(val)
         improved = score > state["best"]
         if improved:
@@ -279,8 +280,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
 
     accelerator.wait_for_everyone()
     load_adapter_weights(plain, best_path)
-    test = evaluate(model, test_dl, accelerator, index.class_names, index.multilabel)
-    val_best = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel)
+    test = evaluate(model, test_dl, accelerator, index.class_names, index.multilabel, f"seed {seed} test")
+    val_best = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel, f"seed {seed} val (best)")
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     if main:
         acfg = AdapterConfig(

@@ -135,11 +135,15 @@ def feature_path(folder: Path, backbone: str, split: str, key: str) -> Path:
 
 
 @torch.no_grad()
-def extract(model: nn.Module, batches: Iterable, device, autocast: Callable = contextlib.nullcontext) -> torch.Tensor:
-    """Pooled features of every batch ``(x, _)``, float32 on the CPU, in order."""
+def extract(model: nn.Module, batches: Iterable, device, autocast: Callable = contextlib.nullcontext,
+            desc: str | None = None) -> torch.Tensor:
+    """Pooled features of every batch ``(x, _)``, float32 on the CPU, in order (a progress bar when
+    ``desc`` is given)."""
+    from tqdm.auto import tqdm
+
     model.eval()
     out = []
-    for x, *_ in batches:
+    for x, *_ in tqdm(batches, desc=desc, disable=desc is None, leave=False, dynamic_ncols=True):
         with autocast():
             f = pooled_features(model, x.to(device, non_blocking=True))
         out.append(f.float().cpu())
@@ -208,7 +212,7 @@ def split_features(cfg, model: nn.Module, index, cache, dcfg: dict, splits: dict
             ds = CachedImageDataset(cache, index.labels, rows, eval_tf)
             dl = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers,
                             pin_memory=torch.device(device).type == "cuda")
-            feats = extract(on_device, dl, device, autocast)
+            feats = extract(on_device, dl, device, autocast, desc=f"features ({split})")
             save_features(path, feats, rows, {"backbone": backbone, "split": split, "key": key,
                                               "pretrained": cfg.pretrained, "n": len(rows)})
             out[split] = feats
