@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from adapters import apply_method, count_params, create_backbone, data_config
 from adapters.io import AdapterConfig, adapter_state_dict, save_adapter
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import epoch_seed, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ..config import ConfigError, TrainConfig
 from ..data.transforms import cache_size_for
 from ..run_dir import RunDir, RunExistsError, RunResults
@@ -128,7 +128,10 @@ def build_loaders(cfg, index, cache, dcfg, splits, seed):
     train_tf = build_transforms(dcfg, train=True, scale=(0.5, 1.0), color_jitter=0.1)
     eval_tf = build_transforms(dcfg, train=False)
     g = torch.Generator().manual_seed(seed)
-    kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0,
+    # Workers are started anew each epoch (not persistent): their seeds then come from the loader's
+    # generator, reseeded per epoch, so a resumed run draws the same augmentations as an uninterrupted one.
+    # (Forking workers over the memory-mapped image cache costs little.)
+    kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=False,
               pin_memory=torch.cuda.is_available())
     mk = torch.utils.data.DataLoader
     train = mk(CachedImageDataset(cache, index.labels, splits["train"], train_tf), shuffle=True, generator=g,
@@ -204,6 +207,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
         steps = min(steps, cfg.max_steps_per_epoch)
     opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = build_scheduler(opt, cfg.epochs, steps * accelerator.num_processes, cfg.warmup_epochs)
+    loader_gen = getattr(train_dl, "generator", None)  # reseeded each epoch (exact resume)
     model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
     loss_fn = _loss_fn(index, cfg)
     plain = accelerator.unwrap_model(model) if full_model is None else full_model  # see the cached-feature branch
@@ -214,7 +218,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
         trainer_state, state = load_checkpoint(ckpt, plain)
         opt.load_state_dict(trainer_state["optimizer"])
         sched.load_state_dict(trainer_state["scheduler"])
-        torch.set_rng_state(trainer_state["torch_rng"])
+        set_rng_state(trainer_state["rng"] if "rng" in trainer_state else {"torch": trainer_state["torch_rng"]})
         accelerator.print(f"[seed {seed}] resumed after epoch {state['epoch']} (best {state['best']:.4f})")
     elif accelerator.is_main_process:
         best_path.unlink(missing_ok=True)  # a fresh start (e.g. --overwrite) must not test an old checkpoint
@@ -229,6 +233,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience and not (
             stopped() and best_path.exists()):
         epoch = state["epoch"] + 1
+        if loader_gen is not None:
+            loader_gen.manual_seed(epoch_seed(seed, epoch))
         model.train()
         total_loss, n_batches = 0.0, 0
         bar = tqdm(train_dl, total=steps, desc=f"seed {seed} epoch {epoch}/{cfg.epochs}", disable=not main,
@@ -267,7 +273,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
                           f"{'  *' if improved else ''}")
         if main:
             save_checkpoint(ckpt, plain, {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                          "torch_rng": torch.get_rng_state()}, state)
+                                          "rng": rng_state()}, state)
         if progress is not None:
             progress({"kind": "epoch", "seed": seed, "epoch": epoch, "epochs": cfg.epochs, "improved": improved,
                       "train_loss": state["history"][-1]["train_loss"], "val": val})
