@@ -50,6 +50,7 @@ class AdapterConfig:
     task: str = "classification"  # classification | multilabel | generation
     data_config: dict[str, Any] | None = None  # timm eval preprocessing (input_size, mean, std, ...)
     img_size: int | None = None  # a ViT built at a non-default resolution
+    pretrained: bool = True  # the backbone started from its pretrained weights (False: random, --no-pretrained)
     # Foundation checkpoint the backbone was initialised from (path, hf-hub:org/name/file or org/name; see
     # adapters.checkpoints) and what loading it did; the ViT pooling the model was built with (None: timm's).
     init_checkpoint: str | None = None
@@ -227,13 +228,15 @@ def load_adapter_weights(model: nn.Module, path: str | os.PathLike) -> None:
         assert not result.unexpected_keys, result.unexpected_keys
 
 
-def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pretrained: bool = True,
+def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pretrained: bool | None = None,
                  init_checkpoint: str | None = None) -> tuple[nn.Module, AdapterConfig]:
     """Rebuild base + method from ``folder`` and restore its tensors.
 
     ``model``: a base model to apply the adapter to (e.g. a U-Net from a pipeline, or a cached
-    backbone); by default the backbone is created from the config (``pretrained`` weights; the
-    config's foundation checkpoint where it names one, or ``init_checkpoint`` where that file now lives).
+    backbone); by default the backbone is created from the config: pretrained weights when the adapter
+    was trained from them (``pretrained`` overrides; an adapter trained from random weights never touches
+    the Hub), the config's foundation checkpoint where it names one, or ``init_checkpoint`` where that
+    file now lives.
     """
     folder = Path(folder)
     config = read_config(folder)
@@ -243,7 +246,8 @@ def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pret
 
         source = init_checkpoint or config.init_checkpoint
         try:
-            model = create_backbone(config.backbone, config.num_classes, pretrained=pretrained,
+            use_pretrained = config.pretrained if pretrained is None else pretrained
+            model = create_backbone(config.backbone, config.num_classes, pretrained=use_pretrained,
                                     img_size=config.img_size, init_checkpoint=source,
                                     global_pool=config.global_pool, fc_norm=config.fc_norm)
         except CheckpointError as e:
@@ -254,6 +258,35 @@ def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pret
     load_adapter_weights(model, folder / WEIGHTS_NAME)
     model.eval()
     return model, config
+
+
+def peft_snippet(config: AdapterConfig, folder: str = "path/or/downloaded/folder") -> str | None:
+    """Runnable code that loads a peft-format adapter with plain timm + peft (None for methods that
+    are not peft's, or backbones timm cannot create by name with these weights)."""
+    if not get_method(config.method).peft or config.task == "generation" or config.init_checkpoint:
+        return None
+    from .backbones import OFFLINE_LITE0
+
+    lines = ["import timm", "from peft import PeftModel", ""]
+    if config.backbone == OFFLINE_LITE0:  # registered by MedPEFT (weights from a pip package)
+        lines = ["import adapters  # registers the offline EfficientNet-Lite0 weights", *lines]
+        make = f"adapters.create_backbone({config.backbone!r}, num_classes={config.num_classes})"
+    else:
+        kw = f", img_size={config.img_size}" if config.img_size else ""
+        make = (f"timm.create_model({config.backbone!r}, pretrained={bool(config.pretrained)}, "
+                f"num_classes={config.num_classes}{kw})")
+    lines.append(f"base = {make}")
+    from .backbones import backbone_family
+    from .registry import resolve_hparams
+
+    targets = resolve_hparams(get_method(config.method), dict(config.hparams or {})).get("targets")
+    if targets == "auto":  # LoRA/DoRA's default: q and v on ViTs
+        targets = "qv" if backbone_family(config.backbone) == "vit" else "conv"
+    if targets == "qv":
+        lines = ["from adapters.lora import split_qkv  # LoRA on q and v: timm's fused qkv split first", *lines]
+        lines.append("base = split_qkv(base)")
+    lines.append(f"model = PeftModel.from_pretrained(base, {folder!r}).eval()")
+    return "\n".join(lines)
 
 
 def model_card(config: AdapterConfig) -> str:
@@ -306,9 +339,9 @@ def model_card(config: AdapterConfig) -> str:
         body += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in config.metrics.items()]
     body += ["", "## Use", "", "```python", "from adapters.io import load_adapter",
              "model, config = load_adapter('path/or/downloaded/folder')", "```"]
-    if method.peft:
-        body += ["", "Or with plain peft: `PeftModel.from_pretrained(timm.create_model(backbone, "
-                 "num_classes=K), folder)`."]
+    snippet = peft_snippet(config)
+    if snippet:
+        body += ["", "Or with plain peft and timm:", "", "```python", snippet, "```"]
     body += ["", "Not a medical device: research use only.", "", "## Citation", "", "```bibtex", PAPER_CITATION,
              "```", ""]
     return "\n".join(lines) + "\n" + "\n".join(body)

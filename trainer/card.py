@@ -18,22 +18,25 @@ class CardError(RuntimeError):
     """The generated model card is invalid (a MedPEFT bug)."""
 
 
-def base_model_id(backbone: str) -> str:
-    """The Hub id of a backbone: a Hub id stays; a timm name becomes its pretrained weights' repo
-    (``resnet50`` -> ``timm/resnet50.a1_in1k``), else ``timm/<name>``."""
+def base_model_id(backbone: str, pretrained: bool = True) -> str | None:
+    """The Hub model the adapter's base weights are, or None when there is none to name: random weights
+    (``--no-pretrained``), or a timm name without a Hub pretrained config (e.g. the tiny test models). A
+    Hub id stays; a timm name becomes its pretrained weights' repo (``resnet50`` -> ``timm/resnet50.a1_in1k``);
+    the offline EfficientNet-Lite0 names the Hub repo of the same TF weights."""
     from adapters.backbones import OFFLINE_LITE0
 
+    if not pretrained:
+        return None
     if "/" in backbone:
-        return backbone
+        return backbone.removeprefix("hf-hub:").removeprefix("hf_hub:")
     if backbone == OFFLINE_LITE0:  # the same TF EfficientNet-Lite0 ImageNet weights, ported by lukemelas
         return "timm/tf_efficientnet_lite0.in1k"
     try:
         import timm
 
-        hub_id = timm.models.get_pretrained_cfg(backbone).hf_hub_id
+        return timm.models.get_pretrained_cfg(backbone).hf_hub_id or None
     except Exception:  # no pretrained config (e.g. the tiny test backbones)
-        hub_id = None
-    return hub_id or f"timm/{backbone}"
+        return None
 
 
 def _finite(v: Any) -> bool:
@@ -121,7 +124,7 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
             "pipeline_tag"}
     extra_tags = [t for t in kept.get("tags") or [] if isinstance(t, str) and t not in tags]
     data = ModelCardData(
-        base_model=base_model_id(config.backbone), library_name="peft" if method.peft else "timm",
+        base_model=base_model_id(config.backbone, config.pretrained), library_name="peft" if method.peft else "timm",
         tags=tags + extra_tags, datasets=[dataset] if dataset else None, pipeline_tag=task_type,
         model_name=f"medpeft-{config.method}-{config.backbone}" + (f"-{dataset}" if dataset else ""),
         eval_results=evals or None, **{k: v for k, v in kept.items() if k not in ours})
@@ -145,6 +148,10 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
                 extra += ["These weights" + (f" (seed {seed})" if seed is not None else "") + ": "
                           + ", ".join(f"{k} {v:.4f}" for k, v in own.items()) + "."]
         extra.append("")
+    if data.base_model is None and config.task != "generation":
+        why = ("the backbone was trained from random weights (--no-pretrained)" if not config.pretrained
+               else f"{config.backbone} has no pretrained weights on the Hub")
+        extra += [f"No `base_model` is named: {why}.", ""]
     training = _training_lines(config, results)
     if training:
         extra += ["## Training", ""] + training + [""]
@@ -183,7 +190,8 @@ def _check_card(text: str, config: AdapterConfig, n_evals: int) -> None:
         raise CardError(f"the generated model card is invalid ({e}); this is a MedPEFT bug") from e
     d = card.data
     problems = [name for name, ok in [
-        ("base_model", bool(d.base_model)), ("library_name", d.library_name in ("peft", "timm")),
+        ("base_model", bool(d.base_model) == bool(base_model_id(config.backbone, config.pretrained))),
+        ("library_name", d.library_name in ("peft", "timm")),
         ("method tag", config.method in (d.tags or [])),
         ("eval results", len(d.eval_results or []) == n_evals), ("citation", PAPER_CITATION in card.text)] if not ok]
     if problems:

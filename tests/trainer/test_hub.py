@@ -149,7 +149,8 @@ def test_model_card_on_the_hub(hub, pushed):
 
     card = ModelCard.load(REPO)
     d = card.data
-    assert d.base_model == "timm/medpeft_tiny_vit"
+    assert d.base_model is None  # the tiny test ViT has no Hub weights: no made-up base_model
+    assert "No `base_model` is named: medpeft_tiny_vit has no pretrained weights on the Hub" in card.text
     assert d.library_name == "peft"
     assert {"medpeft", "medical-imaging", "lora", "ham10000"} <= set(d.tags)
     assert d.datasets == ["ham10000"]
@@ -278,3 +279,53 @@ def test_push_through_default_upload_pipeline(hub, pushed, monkeypatch):
     monkeypatch.setattr(C, "HF_HUB_DISABLE_XET", False)
     push_adapter(pushed["folder"], "org/pipelined")
     assert set(hub.files("org/pipelined")) == ADAPTER_FILES | {".gitattributes"}
+
+
+def test_card_snippet_runs_as_written_and_gives_the_adapters_outputs(tmp_path):
+    """The model card's plain timm + peft snippet, executed as written, loads the adapter with the
+    same outputs as MedPEFT's own loader (LoRA's default q+v targets need the qkv split it shows)."""
+    from adapters import apply_method, create_backbone
+    from adapters.io import AdapterConfig, load_adapter, peft_snippet, save_adapter
+
+    torch.manual_seed(0)
+    model = apply_method(create_backbone("medpeft_tiny_vit", 3, pretrained=False), "lora")
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    folder = save_adapter(model, tmp_path / "adapter", AdapterConfig(method="lora", backbone="medpeft_tiny_vit",
+                                                                     num_classes=3, pretrained=False))
+    snippet = peft_snippet(load_adapter(folder)[1], str(folder))
+    assert "pretrained=False" in snippet and "split_qkv" in snippet
+    torch.manual_seed(0)
+    plain = create_backbone("medpeft_tiny_vit", 3, pretrained=False).eval()
+    torch.manual_seed(0)  # the base's random weights, as the adapter was built on them
+    scope: dict = {}
+    exec(snippet, scope)  # noqa: S102 - our own generated snippet, run as a user would
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(scope["model"](x), model(x), rtol=0, atol=1e-5)
+        assert not torch.allclose(scope["model"](x), plain(x), atol=1e-4)  # the adapter is applied
+
+
+def test_adapter_trained_from_random_weights_has_no_base_model_and_loads_offline(tmp_path, monkeypatch):
+    from adapters import apply_method, create_backbone
+    from adapters.io import AdapterConfig, load_adapter, save_adapter
+    from trainer.card import build_model_card
+
+    model = apply_method(create_backbone("resnet18", 3, pretrained=False), "bitfit")
+    cfg = AdapterConfig(method="bitfit", backbone="resnet18", num_classes=3, pretrained=False)
+    folder = save_adapter(model, tmp_path / "a", cfg)
+    card = build_model_card(cfg)
+    assert "base_model:" not in card.split("\n---\n")[0] and "random weights (--no-pretrained)" in card
+    import timm.models._builder as timm_builder
+
+    def no_hub(*a, **k):
+        raise AssertionError("the Hub was asked for weights")
+
+    for name in ("load_state_dict_from_hf", "download_cached_file", "load_state_dict_from_url"):
+        if hasattr(timm_builder, name):
+            monkeypatch.setattr(timm_builder, name, no_hub)
+    loaded, read = load_adapter(folder)  # pretrained=False from the config: no download attempted
+    assert read.pretrained is False

@@ -106,7 +106,8 @@ class Predictor:
 
     def _base(self, cfg: AdapterConfig) -> nn.Module:
         """The pristine base backbone (created once; never modified)."""
-        key = (cfg.backbone, cfg.img_size, self.pretrained)
+        pretrained = self.pretrained and cfg.pretrained  # an adapter trained from random weights needs no Hub
+        key = (cfg.backbone, cfg.img_size, pretrained, cfg.init_checkpoint, cfg.global_pool, cfg.fc_norm)
         with self._build_lock(("base",) + key):
             if key in self._bases:
                 return self._bases[key]
@@ -115,7 +116,7 @@ class Predictor:
                 raise InferenceError(failed[1])
             from adapters import create_backbone
 
-            problem = self._offline_problem(cfg.backbone)
+            problem = self._offline_problem(cfg.backbone) if pretrained and not cfg.init_checkpoint else None
             if problem:
                 self._failures[key] = (time.monotonic(), problem)
                 raise InferenceError(problem)
@@ -125,8 +126,9 @@ class Predictor:
                 # same in every process, so an answer does not depend on when the app started.
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
-                    base = create_backbone(cfg.backbone, cfg.num_classes, pretrained=self.pretrained,
-                                           img_size=cfg.img_size)
+                    base = create_backbone(cfg.backbone, cfg.num_classes, pretrained=pretrained,
+                                           img_size=cfg.img_size, init_checkpoint=cfg.init_checkpoint,
+                                           global_pool=cfg.global_pool, fc_norm=cfg.fc_norm)
             except (BackboneError, OSError, RuntimeError, ValueError) as e:
                 detail = str(e).split(". Offline, use")[0]  # the trainer's CLI advice does not apply here
                 msg = f"this adapter's backbone {cfg.backbone!r} cannot be loaded: {detail}"

@@ -291,7 +291,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     if main:
         acfg = AdapterConfig(
-            method=cfg.method, backbone=backbone, num_classes=len(index.class_names),
+            method=cfg.method, backbone=backbone, num_classes=len(index.class_names), pretrained=cfg.pretrained,
             class_names=list(index.class_names), hparams=dict(cfg.hparams),
             task="multilabel" if index.multilabel else "classification", data_config=dcfg, img_size=cfg.img_size,
             dataset=cfg.dataset, metrics={f"test_{k}": v for k, v in test.items() if isinstance(v, float)},
