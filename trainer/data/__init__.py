@@ -15,8 +15,8 @@ from .errors import DataError
 from .images import MAX_PIXELS, load_image
 from .index import DatasetIndex
 from .splits import load_splits, make_splits, save_splits
-from .transforms import build_transforms
+from .transforms import build_transforms, transforms_for
 
 __all__ = ["DataError", "DatasetIndex", "DATASETS", "load_dataset", "load_image", "read_dicom", "is_dicom",
            "make_splits", "save_splits", "load_splits", "build_image_cache", "ImageCache",
-           "CachedImageDataset", "build_transforms", "read_nih_labels", "read_rsna_labels", "MAX_PIXELS"]
+           "CachedImageDataset", "build_transforms", "transforms_for", "read_nih_labels", "read_rsna_labels", "MAX_PIXELS"]

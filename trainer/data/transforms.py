@@ -93,3 +93,24 @@ def build_transforms(data_cfg: dict, train: bool = False, **overrides):
             cfg[k] = tuple(float(v) for v in cfg[k])
     cfg.update(overrides)
     return create_transform(**cfg, is_training=bool(train))
+
+
+def transforms_for(config) -> "Callable[[Image.Image], torch.Tensor]":
+    """The exact evaluation preprocessing of an adapter (an ``adapters.io.AdapterConfig`` or its data
+    config dict): the image-cache resize recorded under ``pre_resize``, then timm's eval transform.
+    Together with :func:`trainer.data.load_image` (PNG/JPEG/DICOM to RGB, as in training) it reproduces
+    the run's recorded test metrics::
+
+        model, config = load_adapter(folder)
+        preprocess = transforms_for(config)
+        x = preprocess(load_image("image.dcm")).unsqueeze(0)
+    """
+    data_cfg = config if isinstance(config, dict) else getattr(config, "data_config", None)
+    if not data_cfg:
+        raise DataError("this adapter records no data config: its preprocessing is unknown")
+    transform = build_transforms(data_cfg, train=False)
+
+    def preprocess(img: Image.Image):
+        return transform(pre_resize(img.convert("RGB"), data_cfg))
+
+    return preprocess

@@ -145,3 +145,23 @@ def test_an_epoch_on_cached_features_is_much_faster():
           f"{1000 * r['backbone_s']:.1f} ms, on cached features {1000 * r['features_s']:.2f} ms "
           f"-> {r['speedup']:.0f}x (one-time feature extraction {1000 * r['extract_s']:.1f} ms)")
     assert r["speedup"] > 2
+
+
+def test_transforms_for_reproduces_the_recorded_test_metric_from_image_files(two_runs):
+    """The public path a user takes outside the trainer: load_adapter + transforms_for + load_image on
+    the test split's files gives exactly the test metric the run recorded."""
+    from trainer.data import load_image, transforms_for
+
+    root, data, _ = two_runs
+    out = root / "run1"
+    results = json.loads((out / "results.json").read_text())
+    model, cfg = load_adapter(out / results["adapter_dir"])
+    split = json.loads((out / "seed_0" / "splits.json").read_text())
+    files = [Path(split["root"]) / rel for rel in split["splits"]["test"]]
+    preprocess = transforms_for(cfg)
+    x = torch.stack([preprocess(load_image(f)) for f in files])
+    y = torch.as_tensor([cfg.class_names.index(f.parent.name) for f in files])
+    with torch.no_grad():
+        test = classification_metrics(model(x), y, cfg.class_names)
+    assert test["f1_macro"] == pytest.approx(results["metrics"]["test"]["f1_macro"]["mean"], abs=1e-6)
+    assert test["accuracy"] == pytest.approx(results["metrics"]["test"]["accuracy"]["mean"], abs=1e-6)
