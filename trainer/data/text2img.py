@@ -21,7 +21,8 @@ Datasets (``--dataset``):
 
 Options (``--dataset-option KEY=VALUE``): ``views`` (default ["PA", "AP"]), ``min_tokens`` / ``max_tokens``
 (7 / 77 for mimic_cxr, no filter for csv), ``train_groups`` / ``test_groups`` (mimic_cxr),
-``n_train`` (exact number of training pairs), ``reports_dir``, ``one_per_study`` (first frontal image of
+``n_train`` (exact number of training pairs), ``reports_dir``, ``split`` (mimic_cxr: ``auto`` = the official
+``mimic-cxr-2.0.0-split.csv.gz`` when present, else ``p19``; ``official``; ``p19`` = the paper's), ``one_per_study`` (first frontal image of
 each study only; default false: every frontal image is a pair).
 
 :func:`parse_report` splits a radiology report into findings/impression; :func:`iu_reports` reads the
@@ -31,24 +32,18 @@ tests and the app's example prompts).
 from __future__ import annotations
 
 import csv
-import functools
 import gzip
-import io
 import os
 import random
-import re
-import tarfile
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..assets import package_file
 from .errors import DataError, describe_dir, layout_error, short_list
+from .reports import clean_text, parse_report, prompt_of
 
 MIMIC_LAYOUT = """\
 DATA/mimic-cxr-2.0.0-metadata.csv (or .csv.gz)   columns dicom_id, subject_id, study_id, ViewPosition
@@ -63,86 +58,6 @@ DATA.csv with a header row: path,text[,split]
   text   the report / prompt
   split  optional: train or test (default: a seeded random test split)"""
 
-SECTION_RE = re.compile(r"^[ \t]*([A-Z][A-Z /&()\-]{2,40}?)[ \t]*:", re.MULTILINE)
-FINDINGS_NAMES = ("FINDINGS", "FINDING", "FINDINGS AND IMPRESSION", "FINDINGS/IMPRESSION")
-IMPRESSION_NAMES = ("IMPRESSION", "IMPRESSIONS", "CONCLUSION", "CONCLUSIONS", "FINDINGS AND IMPRESSION",
-                    "FINDINGS/IMPRESSION")
-
-
-def _clean(text: str | None) -> str | None:
-    if text is None:
-        return None
-    text = " ".join(text.split())
-    return text or None
-
-
-def parse_report(text: str) -> dict[str, str | None]:
-    """``{"findings": ..., "impression": ...}`` of a free-text radiology report (``None`` when absent).
-
-    Sections start with an upper-case heading and a colon at the start of a line (``FINDINGS:``,
-    ``IMPRESSION:``; MIMIC-CXR and IU X-ray style); a section runs to the next heading. Whitespace is
-    collapsed. A combined ``FINDINGS AND IMPRESSION:`` section fills both.
-    """
-    if not isinstance(text, str):
-        raise TypeError(f"parse_report expects a string, got {type(text).__name__}")
-    heads = list(SECTION_RE.finditer(text))
-    sections: dict[str, str] = {}
-    for i, m in enumerate(heads):
-        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-        name = " ".join(m.group(1).split())
-        body = _clean(text[m.end():end])
-        if body and name not in sections:
-            sections[name] = body
-    findings = next((sections[n] for n in FINDINGS_NAMES if n in sections), None)
-    impression = next((sections[n] for n in IMPRESSION_NAMES if n in sections), None)
-    return {"findings": findings, "impression": impression}
-
-
-def prompt_of(report: dict[str, str | None]) -> str | None:
-    """The paper's prompt: the impression, else the findings."""
-    return report.get("impression") or report.get("findings")
-
-
-# ------------------------------------------------------------------------------------ IU X-ray reports
-def iu_reports_path() -> Path:
-    return package_file("torchxrayvision", "data/NLMCXR_reports.tgz", "pip install torchxrayvision", error=DataError)
-
-
-@functools.lru_cache(maxsize=1)
-def _iu_reports_cached(path: str) -> tuple[dict[str, Any], ...]:
-    out = []
-    raw = gzip.decompress(Path(path).read_bytes())  # ~24 MB; much faster than streaming r:gz
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:  # read in memory, never extracted
-        for member in tar:
-            if not (member.isfile() and member.name.endswith(".xml")):
-                continue
-            raw = tar.extractfile(member).read()
-            try:
-                root = ET.fromstring(raw)
-            except ET.ParseError:
-                continue
-            sections = {}
-            for el in root.iter("AbstractText"):
-                label = (el.get("Label") or "").strip().upper()
-                if label:
-                    sections[label] = _clean("".join(el.itertext()))
-            uid = root.find("uId")
-            out.append({"id": uid.get("id") if uid is not None else Path(member.name).stem,
-                        "file": Path(member.name).name,
-                        "findings": sections.get("FINDINGS"), "impression": sections.get("IMPRESSION"),
-                        "indication": sections.get("INDICATION"), "comparison": sections.get("COMPARISON")})
-    out.sort(key=lambda r: int(re.sub(r"\D", "", r["file"]) or 0))
-    return tuple(out)
-
-
-def iu_reports() -> list[dict[str, Any]]:
-    """The Indiana University chest X-ray reports (Demner-Fushman et al. 2016, CC BY-NC-ND 4.0) shipped in
-    torchxrayvision: one dict per XML file with ``id``, ``file``, ``findings``, ``impression``,
-    ``indication``, ``comparison`` (``None`` when the section is empty), in file-number order."""
-    return [dict(r) for r in _iu_reports_cached(str(iu_reports_path()))]
-
-
-# ------------------------------------------------------------------------------------ records and splits
 @dataclass
 class Pair:
     path: str
@@ -195,16 +110,41 @@ def find_mimic_reports_roots(data_dir: Path, reports_dir: str | None = None) -> 
     if reports_dir:
         r = Path(reports_dir).expanduser()
         roots += [r / "files", r]
-    roots += [data_dir / "files", data_dir / "mimic-cxr-reports" / "files", data_dir / "mimic-cxr-reports",
-              data_dir.parent / "mimic-cxr-reports" / "files"]
+    roots += [data_dir / "files", data_dir / "mimic-cxr-reports" / "files", data_dir / "mimic-cxr-reports"]
+    # beside the image tree: any sibling folder with "report" in its name (e.g. mimic-cxr-reports/files/)
+    if data_dir.parent.is_dir():
+        for sibling in sorted(data_dir.parent.iterdir()):
+            if sibling.is_dir() and "report" in sibling.name.lower() and sibling != data_dir:
+                roots += [sibling / "files", sibling]
     return [r for r in dict.fromkeys(roots) if r.is_dir()]
+
+
+OFFICIAL_SPLIT = ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-split.csv")
+
+
+def _official_split(data_dir: Path) -> dict[str, str] | None:
+    """dicom_id -> train | validate | test from MIMIC-CXR-JPG's official split file, when present."""
+    path = next((data_dir / n for n in OFFICIAL_SPLIT if (data_dir / n).is_file()), None)
+    if path is None:
+        return None
+    rows = _read_csv_table(path)
+    if not rows or {"dicom_id", "split"} - set(rows[0]):
+        raise DataError(f"{path.name}: expected columns dicom_id and split (train/validate/test)")
+    return {r["dicom_id"].strip(): r["split"].strip().lower() for r in rows}
 
 
 def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", "AP"), min_tokens: int | None = 7,
                    max_tokens: int | None = 77, train_groups=tuple(f"p{i}" for i in range(10, 19)),
                    test_groups=("p19",), reports_dir: str | None = None, one_per_study: bool = False,
-                   fraction: float = 1.0, n_train: int | None = None, seed: int = 0) -> GenData:
+                   fraction: float = 1.0, n_train: int | None = None, seed: int = 0,
+                   split: str = "auto") -> GenData:
+    """MIMIC-CXR-JPG image/report pairs. ``split``: ``official`` (the dataset's
+    ``mimic-cxr-2.0.0-split.csv.gz``: train + validate to train, test to test), ``p19`` (the paper's
+    protocol: patients p10-p18 train, p19 test; ``train_groups``/``test_groups`` change it), or
+    ``auto`` (official when the split file is present, else p19)."""
     data_dir = Path(data_dir).expanduser()
+    if split not in ("auto", "official", "p19"):
+        raise DataError(f"mimic_cxr split must be auto, official or p19, not {split!r}")
     if not data_dir.is_dir():
         raise layout_error(f"MIMIC-CXR folder {data_dir} not found", MIMIC_LAYOUT, data_dir)
     meta = next((data_dir / n for n in ("mimic-cxr-2.0.0-metadata.csv", "mimic-cxr-2.0.0-metadata.csv.gz")
@@ -221,6 +161,9 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
         raise layout_error("files/ (the MIMIC-CXR-JPG image tree) not found", MIMIC_LAYOUT, data_dir)
     report_roots = find_mimic_reports_roots(data_dir, reports_dir)
     views = {v.upper() for v in ([views] if isinstance(views, str) else views)}
+    official = _official_split(data_dir) if split in ("auto", "official") else None
+    if split == "official" and official is None:
+        raise layout_error(f"split=official needs {OFFICIAL_SPLIT[0]} in the MIMIC-CXR folder", MIMIC_LAYOUT, data_dir)
     groups = {str(g) for g in train_groups} | {str(g) for g in test_groups}
     notes: list[str] = []
     pairs: list[Pair] = []
@@ -232,19 +175,24 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
             n_view += 1
             continue
         subject, study = str(row["subject_id"]).strip(), str(row["study_id"]).strip()
-        group = f"p{subject[:2]}"
-        if group not in groups:
+        folder = group = f"p{subject[:2]}"  # the patient-group folder (p10 ... p19)
+        if official is not None:
+            part = official.get(row["dicom_id"].strip())
+            if part is None:
+                continue
+            group = "test" if part == "test" else "train"  # validate joins train (no validation score)
+        elif group not in groups:
             continue
-        study_key = f"{group}/p{subject}/s{study}"
+        study_key = f"{folder}/p{subject}/s{study}"
         if one_per_study and study_key in seen_studies:
             continue
-        img = images_root / group / f"p{subject}" / f"s{study}" / f"{row['dicom_id'].strip()}.jpg"
+        img = images_root / folder / f"p{subject}" / f"s{study}" / f"{row['dicom_id'].strip()}.jpg"
         if not img.is_file():
             n_missing_img += 1
             continue
         if study_key not in report_cache:
-            rep = next((r / group / f"p{subject}" / f"s{study}.txt" for r in report_roots
-                        if (r / group / f"p{subject}" / f"s{study}.txt").is_file()), None)
+            rep = next((r / folder / f"p{subject}" / f"s{study}.txt" for r in report_roots
+                        if (r / folder / f"p{subject}" / f"s{study}.txt").is_file()), None)
             report_cache[study_key] = prompt_of(parse_report(rep.read_text(errors="replace"))) if rep else None
             if rep is None:
                 n_missing_rep += 1
@@ -255,6 +203,8 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
             continue
         seen_studies.add(study_key)
         pairs.append(Pair(str(img), text, group, study_key))
+    split_used = "official" if official is not None else "p19"
+    notes.append(f"split: {'the official mimic-cxr-2.0.0-split' if official is not None else 'patients ' + short_list(sorted(train_groups)) + ' train, ' + short_list(sorted(test_groups)) + ' test (the paper protocol)'}")
     if n_view:
         notes.append(f"{n_view} non-frontal images skipped (views kept: {', '.join(sorted(views))})")
     if n_missing_img:
@@ -269,11 +219,19 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
         raise layout_error(f"no usable MIMIC-CXR image/report pairs in {data_dir} ({found}; "
                            f"{n_missing_img} frontal images missing)", MIMIC_LAYOUT, data_dir)
     pairs = _token_filter(pairs, tokenizer, min_tokens, max_tokens, notes)
-    train = [p for p in pairs if p.group in {str(g) for g in train_groups}]
-    test = [p for p in pairs if p.group in {str(g) for g in test_groups}]
+    if split_used == "official":
+        train = [p for p in pairs if p.group == "train"]
+        test = [p for p in pairs if p.group == "test"]
+    else:
+        train = [p for p in pairs if p.group in {str(g) for g in train_groups}]
+        test = [p for p in pairs if p.group in {str(g) for g in test_groups}]
     if not train or not test:
-        raise DataError(f"MIMIC-CXR split is empty: {len(train)} training pairs in {short_list(sorted(train_groups))}, "
-                        f"{len(test)} test pairs in {short_list(sorted(test_groups))}. {describe_dir(images_root)}")
+        where = ("the official split file" if split_used == "official" else
+                 f"training groups {short_list(sorted(train_groups))}, test groups {short_list(sorted(test_groups))}; "
+                 f"a subset without those patients needs e.g. --dataset-option test_groups=p18 "
+                 f"(and train_groups=...), or split=official with the official split file")
+        raise DataError(f"MIMIC-CXR split is empty: {len(train)} training and {len(test)} test pairs ({where}). "
+                        f"{describe_dir(images_root)}")
     train = _subsample(train, fraction, n_train, seed)
     return GenData("mimic_cxr", train, test, notes)
 
@@ -304,7 +262,7 @@ def load_csv_pairs(data_dir: str | os.PathLike, tokenizer=None, *, min_tokens: i
     notes: list[str] = []
     pairs, splits, missing = [], [], []
     for i, row in enumerate(rows, start=2):
-        text = _clean(row.get("text") or "")
+        text = clean_text(row.get("text") or "")
         if not text:
             notes.append(f"{path.name} line {i}: empty text (skipped)")
             continue

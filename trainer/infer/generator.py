@@ -96,11 +96,11 @@ def example_reports(n: int = 6, max_chars: int = 200) -> tuple[list[str], str | 
     """Up to ``n`` real IU X-ray report texts (the paper's prompt: impression, else findings) for
     examples, at most two of them normal studies, and a message when they are unavailable."""
     try:
-        from ..data.text2img import iu_reports
+        from ..data.reports import iu_reports
 
         reports = iu_reports()
     except Exception as e:
-        return [], f"trainer.data.text2img.iu_reports() failed ({type(e).__name__}: {e})"
+        return [], f"trainer.data.reports.iu_reports() failed ({type(e).__name__}: {e})"
     out, seen, normal = [], set(), 0
     for r in reports:
         text = " ".join(str(r.get("impression") or r.get("findings") or "").split())

@@ -82,7 +82,7 @@ def parts(tiny_dir):
 
 @pytest.fixture(scope="module")
 def reports():
-    from trainer.data.text2img import iu_reports
+    from trainer.data.reports import iu_reports
 
     return iu_reports()
 
@@ -309,7 +309,7 @@ def test_sd15_counts_match_the_paper():
 def test_offline_clip_tokenizer():
     from open_clip.tokenizer import SimpleTokenizer
 
-    from trainer.data.text2img import iu_reports
+    from trainer.data.reports import iu_reports
     from trainer.data.tokenizer import clip_tokenizer, token_count
 
     tok = clip_tokenizer()
@@ -325,7 +325,7 @@ def test_offline_clip_tokenizer():
 
 
 def test_iu_reports_parse(reports):
-    from trainer.data.text2img import parse_report, prompt_of
+    from trainer.data.reports import parse_report, prompt_of
 
     assert len(reports) == 3955
     with_impression = [r for r in reports if r["impression"]]
@@ -402,6 +402,33 @@ def test_mimic_cxr_layout(tmp_path, reports):
         load_generation_data("mimic_cxr", tmp_path, clip_tokenizer())
     with pytest.raises(DataError, match="no option"):
         load_generation_data("mimic_cxr", tmp_path, None, colour=True)
+
+
+def test_mimic_cxr_official_split_reports_beside_and_a_subset_without_p19(tmp_path, reports):
+    import gzip
+
+    from trainer.data.text2img import load_generation_data
+    from trainer.data.tokenizer import clip_tokenizer
+
+    root = tmp_path / "mimic-cxr-jpg"
+    good = _fake_mimic(root, reports)
+    # the separate reports tree beside the image folder, found without reports_dir
+    (root / "mimic-cxr-reports").rename(tmp_path / "mimic-cxr-reports")
+    p19 = load_generation_data("mimic_cxr", root, clip_tokenizer())
+    assert sorted(p.text for p in p19.train) == sorted([good[0], good[1], good[5]]) and len(p19.test) == 1
+    # the official split file, when present, decides (validate joins train)
+    with gzip.open(root / "mimic-cxr-2.0.0-split.csv.gz", "wt") as f:
+        f.write("dicom_id,study_id,subject_id,split\nd1,50000001,10000001,test\nd3,50000002,11000002,validate\n"
+                "d6,50000005,19000005,train\nd9,50000008,14000008,train\n")
+    official = load_generation_data("mimic_cxr", root, clip_tokenizer())
+    assert [p.text for p in official.test] == [good[0]]
+    assert sorted(p.text for p in official.train) == sorted([good[1], good[2], good[5]])
+    assert any("official" in n for n in official.notes)
+    paper = load_generation_data("mimic_cxr", root, clip_tokenizer(), split="p19")
+    assert sorted(p.text for p in paper.train) == sorted(p.text for p in p19.train)
+    # a subset without p19: the error names the option to set
+    with pytest.raises(DataError, match="test_groups=p18"):
+        load_generation_data("mimic_cxr", root, clip_tokenizer(), split="p19", test_groups=("p17",))
 
 
 @pytest.fixture(scope="module")
