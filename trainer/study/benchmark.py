@@ -57,7 +57,7 @@ from typing import Any
 from ..config import ConfigError, TrainConfig
 from . import hpo
 from .storage import GRACE_PERIOD, HEARTBEAT_INTERVAL, MAX_RETRY, StudyError, default_url, fail_stale_trials, \
-    open_storage, open_study
+    mark_alive, open_storage, open_study
 from ..run_dir import RunDir
 from .grid import Cell, cell_config, cell_space, cells, load_grid, search_trials
 from .seeds import merge_seed_results, write_results
@@ -121,7 +121,7 @@ class Sweep:
         S = _states()
         trials = [t for t in study.get_trials(deepcopy=False) if _in_budget(t)]
         if any(t.state == S.RUNNING for t in trials):
-            fail_stale_trials(study)
+            fail_stale_trials(study, self.storage)
             trials = [t for t in study.get_trials(deepcopy=False) if _in_budget(t)]
         if len(trials) < n or any(t.state == S.WAITING for t in trials):
             space = cell_space(self.grid, cell, cfg)
@@ -129,6 +129,7 @@ class Sweep:
             study_dir = Path(cfg.output_dir) / ".search"
 
             def objective(trial) -> float:
+                mark_alive(self.storage, study, trial)
                 before = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number and _in_budget(t)]
                 if len(before) >= n:  # another worker took the last trial at the same moment
                     trial.set_user_attr("surplus", True)
@@ -180,7 +181,7 @@ class Sweep:
 
         trials, by = status()
         if any(t.state == S.RUNNING for t in trials):
-            fail_stale_trials(study)
+            fail_stale_trials(study, self.storage)
             trials, by = status()
         for s in seeds:
             ts = by[s]
@@ -208,6 +209,7 @@ class Sweep:
         base = hpo.apply_params(cfg, params)
 
         def objective(trial) -> float:
+            mark_alive(self.storage, study, trial)
             seed = trial.user_attrs.get("seed")
             if seed is None:  # no queued run was left when this worker asked: not a seed run
                 trial.set_user_attr("idle", True)

@@ -88,12 +88,48 @@ def open_study(name: str, storage, direction: str = "maximize", sampler=None, pr
                  f"cannot create or load study {name!r}")
 
 
-def fail_stale_trials(study) -> None:
+ALIVE = "heartbeat_recorded"  # user attribute: the trial's first heartbeat is in the storage
+
+
+def mark_alive(storage, study, trial) -> None:
+    """Record the trial's first heartbeat now, then say so (:data:`ALIVE`). Call first thing in an
+    objective. optuna only ever fails a running trial that has a heartbeat: a worker killed between
+    taking a trial and its heartbeat thread's first write would leave the trial running for good
+    (:func:`fail_stale_trials` fails such a trial once ``grace_period`` has passed without ALIVE)."""
+    trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               trial.number)
+    _racy(lambda: storage.record_heartbeat(trial_id), "cannot record a heartbeat")
+    trial.set_user_attr(ALIVE, True)
+
+
+def fail_stale_trials(study, storage=None) -> None:
     """Fail (and re-queue) the running trials whose worker stopped beating; optuna does this itself
-    before each new trial, a worker waiting on others calls it here."""
+    before each new trial, a worker waiting on others calls it here. With ``storage``, also the
+    running trials that never recorded a heartbeat (no :data:`ALIVE`) and started over
+    ``grace_period`` ago: their worker died before its first beat."""
+    import datetime
+
     import optuna
     from optuna.exceptions import ExperimentalWarning
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ExperimentalWarning)
         _racy(lambda: optuna.storages.fail_stale_trials(study), "cannot check for dead workers")
+        if storage is None or storage.grace_period is None:
+            return
+        now = datetime.datetime.now()
+        limit = datetime.timedelta(seconds=storage.grace_period)
+        study_id = storage.get_study_id_from_name(study.study_name)
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if t.user_attrs.get(ALIVE) or t.datetime_start is None or now - t.datetime_start <= limit:
+                continue
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            try:
+                failed = _racy(lambda: storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL),
+                               "cannot fail a dead worker's trial")
+            except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+                continue
+            if failed:
+                callback = storage.get_heartbeat_stale_trial_callback()  # re-queue, as for a stale trial
+                if callback is not None:
+                    callback(study, storage.get_trial(trial_id))

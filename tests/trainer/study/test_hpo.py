@@ -72,3 +72,33 @@ def test_four_workers_start_together_on_postgres(postgres_url, tmp_path):  # noq
 def test_first_rung_after_warm_up():
     assert first_rung(1.0) >= 3 and first_rung(0.0) == DEFAULT_MIN_RESOURCE
     assert first_rung(5.0) > 5
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_a_worker_killed_before_its_first_heartbeat_does_not_hold_its_trial_forever(tmp_path):
+    """optuna fails only running trials that have a heartbeat; one taken by a worker that died before
+    its first beat is failed after the grace period and re-queued; a live (marked) trial is left alone."""
+    import optuna
+
+    from trainer.study.storage import ALIVE, fail_stale_trials, mark_alive, open_storage, open_study
+
+    storage = open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=1, grace_period=1)
+    study = open_study("cell", storage)
+    study.enqueue_trial({}, user_attrs={"seed": 0})
+    orphan = study.ask()  # taken, then its worker "dies": no heartbeat, no ALIVE
+    live = study.ask()
+    mark_alive(storage, study, live)
+    assert study.get_trials()[live.number].user_attrs[ALIVE] is True
+    fail_stale_trials(study, storage)  # within the grace period: nothing happens
+    S = optuna.trial.TrialState
+    assert [t.state for t in study.get_trials()] == [S.RUNNING, S.RUNNING]
+    time.sleep(1.2)
+    storage.record_heartbeat(storage.get_trial_id_from_study_id_trial_number(
+        storage.get_study_id_from_name("cell"), live.number))  # the live worker keeps beating
+    fail_stale_trials(study, storage)
+    trials = study.get_trials()
+    assert trials[orphan.number].state == S.FAIL and trials[live.number].state == S.RUNNING
+    retry = [t for t in trials if t.system_attrs.get("failed_trial") == orphan.number]
+    assert len(retry) == 1 and retry[0].state == S.WAITING and retry[0].user_attrs["seed"] == 0
+    fail_stale_trials(study, storage)  # idempotent: failed once, re-queued once
+    assert sum(t.state == S.WAITING for t in study.get_trials()) == 1
