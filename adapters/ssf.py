@@ -39,6 +39,10 @@ SSF sits after the normalisation, before the activation, and stays foldable. Mer
 Channels: conv, BatchNorm, GroupNorm and channels-first LayerNorm (timm ``LayerNorm2d``) outputs
 are ``[N, C, ...]`` (scale/shift broadcast over dim 1); Linear and LayerNorm outputs over the last dim.
 
+Memory: while training, each site runs through one autograd function that keeps only the frozen
+layer's input for backward and recomputes the layer there (:func:`ssf_forward`), so SSF keeps no more
+activations than full fine-tuning does (issue 16); the output keeps the layer's dtype under autocast.
+
 Init: ``ssf_scale = 1``, ``ssf_shift = 0`` (hyper-parameter ``init_std=0.0``), so the method is the
 identity at init. The official code draws scale ~ N(1, 0.02) and shift ~ N(0, 0.02); ``init_std=0.02``
 reproduces that (then not identity at init).
@@ -100,48 +104,93 @@ def _is_norm_act(module: nn.Module) -> bool:
         and isinstance(getattr(module, "drop", None), nn.Module)
 
 
-class _ScaleShiftFn(torch.autograd.Function):
-    """``y * scale + shift`` over the last dim that saves its OUTPUT, not ``y``, for backward.
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
-    ``grad_y = g * scale``, ``grad_shift = sum(g)``, ``grad_scale = sum(g * y)`` with ``y`` recomputed as
-    ``(out - shift) / scale``. The output is what the next op saves anyway where it needs its input
-    (GELU after ``fc1``, attention after ``qkv``), so SSF adds no activation of its own there (issue 16:
-    SSF's memory was 1.05x full fine-tuning's, because each site kept ``y`` too). Gradients equal the
-    plain expression's up to rounding (fp32: relative error ~1e-7 * |shift / scale|); a channel whose
-    scale is exactly 0 gets no scale gradient (its ``y`` cannot be recovered). An in-place op on the
-    output (e.g. ``ReLU(inplace=True)``) makes backward raise PyTorch's version-counter error rather
-    than compute wrong gradients; it is used for token layouts (Linear/LayerNorm outputs), not convs."""
+
+def _affine(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dim: int) -> torch.Tensor:
+    """``y * scale + shift`` with scale/shift on channel dim ``dim`` (1 or -1), in the parameters'
+    precision and returned in ``y``'s dtype (under autocast: the dtype of the wrapped layer's output,
+    as the merged layer's would be)."""
+    if dim == 1 and y.ndim > 2:
+        shape = (-1,) + (1,) * (y.ndim - 2)
+        scale, shift = scale.view(shape), shift.view(shape)
+    out = y * scale + shift
+    return out if out.dtype == y.dtype else out.to(y.dtype)
+
+
+def _reduce_dims(y: torch.Tensor, dim: int) -> list[int]:
+    """Every dim but the channel one: what a per-channel parameter's gradient sums over."""
+    keep = dim % y.ndim
+    return [d for d in range(y.ndim) if d != keep]
+
+
+class _SSFRecomputeFn(torch.autograd.Function):
+    """``inner(x) * scale + shift`` that saves only ``x`` (the input of the frozen wrapped layer) for
+    backward and recomputes ``inner(x)`` there (issue 16).
+
+    The plain expression keeps the layer's output ``y`` for the scale's gradient on top of what the
+    network keeps anyway, and under bf16 autocast its output is promoted to fp32: SSF then held more
+    activation memory than full fine-tuning. Here the op keeps exactly what a trainable layer keeps
+    in full fine-tuning (its input; under autocast the input cast to the autocast dtype, which is the
+    copy ``F.linear``/``conv`` keeps too) and its output stays in the layer's dtype. Backward:
+    ``grad_shift = sum(g)``, ``grad_scale = sum(g * y)``, ``grad_x = d inner / dx`` applied to
+    ``g * scale``, with ``y`` recomputed under the forward's autocast state - the same gradients as
+    the plain expression's. Used only when the wrapped layer has no trainable parameters and no state
+    that a second forward would change (a BatchNorm updating running statistics); see
+    :func:`ssf_forward`. Nothing it saves is the output, so in-place activations after it
+    (``ReLU(inplace=True)``, ``x += shortcut``) are safe."""
 
     @staticmethod
-    def forward(ctx, y, scale, shift):
-        out = y * scale + shift
-        ctx.save_for_backward(out, scale, shift)
-        ctx.y_dtype = y.dtype
+    def forward(ctx, x, scale, shift, inner, dim):
+        device = x.device.type
+        enabled, dtype = _autocast_state(device)
+        y = inner(x)
+        out = _affine(y, scale, shift, dim)
+        keep = x
+        if enabled and isinstance(inner, (nn.Linear, nn.Conv2d)) and x.is_floating_point() and x.dtype != dtype:
+            keep = x.to(dtype)  # what the layer computes from under autocast; recomputing from it is exact
+        ctx.save_for_backward(keep, scale)
+        ctx.inner, ctx.dim, ctx.x_dtype, ctx.autocast = inner, dim, x.dtype, (device, enabled, dtype)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
-        out, scale, shift = ctx.saved_tensors
-        grad_y = grad_scale = grad_shift = None
-        if ctx.needs_input_grad[0]:
-            grad_y = (g * scale).to(ctx.y_dtype)
-        flat = g.reshape(-1, g.shape[-1])
-        if ctx.needs_input_grad[1]:
-            safe = torch.where(scale != 0, scale, torch.ones_like(scale))
-            y = torch.where(scale != 0, (out - shift) / safe, torch.zeros_like(out))
-            grad_scale = (flat * y.reshape(flat.shape)).sum(0).to(scale.dtype)
-        if ctx.needs_input_grad[2]:
-            grad_shift = flat.sum(0).to(shift.dtype)
-        return grad_y, grad_scale, grad_shift
+        x, scale = ctx.saved_tensors
+        device, enabled, dtype = ctx.autocast
+        need_x = ctx.needs_input_grad[0]
+        with torch.enable_grad(), torch.autocast(device, dtype=dtype, enabled=enabled):
+            xd = x.detach().requires_grad_(need_x)
+            y = ctx.inner(xd)
+        dims = _reduce_dims(y, ctx.dim)
+        gf = g.float() if g.dtype != scale.dtype else g
+        grad_scale = (gf * y.detach().to(gf.dtype)).sum(dims).to(scale.dtype) if ctx.needs_input_grad[1] else None
+        grad_shift = gf.sum(dims).to(scale.dtype) if ctx.needs_input_grad[2] else None
+        grad_x = None
+        if need_x:
+            s = scale.view((-1,) + (1,) * (y.ndim - 2)) if ctx.dim == 1 and y.ndim > 2 else scale
+            (grad_x,) = torch.autograd.grad(y, xd, (gf * s).to(y.dtype))
+            grad_x = grad_x.to(ctx.x_dtype)
+        return grad_x, grad_scale, grad_shift, None, None
 
 
-def scale_shift(y: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``y * scale + shift`` over the last dim; while training, through :class:`_ScaleShiftFn`
-    (keeps the output instead of ``y`` for backward); the plain expression otherwise."""
-    if torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad or y.requires_grad):
-        return _ScaleShiftFn.apply(y, scale, shift)
-    return y * scale + shift
+def _recomputable(inner: nn.Module) -> bool:
+    """A layer whose forward may run again in backward: frozen, and no BatchNorm in training mode
+    (a second forward would update its running statistics twice)."""
+    if any(p.requires_grad for p in inner.parameters(recurse=True)):
+        return False
+    return not (isinstance(inner, BN_TYPES) and inner.training and inner.track_running_stats)
+
+
+def ssf_forward(inner: nn.Module, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                dim: int) -> torch.Tensor:
+    """``inner(x) * scale + shift`` (channels on ``dim``). While training (gradients enabled, a trainable
+    scale or shift, a frozen recomputable ``inner``) through :class:`_SSFRecomputeFn`, which keeps no
+    activation beyond ``x``; otherwise the plain expression."""
+    if torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad) and _recomputable(inner):
+        return _SSFRecomputeFn.apply(x, scale, shift, inner, dim)
+    return _affine(inner(x), scale, shift, dim)
 
 
 class SSF(nn.Module):
@@ -163,12 +212,7 @@ class SSF(nn.Module):
             inner.drop, inner.act = nn.Identity(), nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.inner(x)
-        if self.channel_dim == 1:
-            shape = (-1,) + (1,) * (y.ndim - 2)
-            y = y * self.ssf_scale.view(shape) + self.ssf_shift.view(shape)
-        else:
-            y = scale_shift(y, self.ssf_scale, self.ssf_shift)
+        y = ssf_forward(self.inner, x, self.ssf_scale, self.ssf_shift, self.channel_dim)
         if self.act is not None:
             y = self.act(self.drop(y))
         return y

@@ -70,12 +70,15 @@ def run_baseline(folder: str, backbone: str, method: str, batch_size: int, epoch
     _reset_peak_rss()
     rss_before = _rss("VmRSS")
 
-    kwargs = {"img_size": img_size} if img_size else {}
+    torch.manual_seed(0)
+    # A ViT's input size is fixed when it is built; a CNN takes any size (its transform is told).
+    vit = backbone.startswith(("vit_", "deit"))
+    kwargs = {"img_size": img_size} if img_size and vit else {}
     model = timm.create_model(backbone, pretrained=False, num_classes=len(dataset.classes), **kwargs)
     model = apply_method(model, method)
     model = model.to(device)
 
-    config = resolve_data_config({}, model=model)
+    config = resolve_data_config({"input_size": (3, img_size, img_size)} if img_size else {}, model=model)
     dataset.transform = create_transform(**config, is_training=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers,
                                          drop_last=len(dataset) > batch_size)
@@ -116,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="lora")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--img-size", type=int)
+    p.add_argument("--img-size", type=int, help="input side (default: the model's)")
     p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, help="CPU: torch threads")

@@ -39,6 +39,8 @@ from torch import nn
 
 from adapters import unwrap
 
+from .precision import loader_options
+
 FEATURES_VERSION = 1
 
 
@@ -181,9 +183,11 @@ def save_features(path: Path, features: torch.Tensor, rows: np.ndarray, meta: di
 
 
 def split_features(cfg, model: nn.Module, index, cache, dcfg: dict, splits: dict, device,
-                   autocast: Callable = contextlib.nullcontext, log: Callable = print) -> dict[str, torch.Tensor] | None:
+                   autocast: Callable = contextlib.nullcontext, log: Callable = print,
+                   precision: str | None = None) -> dict[str, torch.Tensor] | None:
     """{split: features [n, D]} for every split, from the on-disk cache or computed (and cached) now;
-    ``None`` where the model's head cannot be split off (see :func:`head_splits`)."""
+    ``None`` where the model's head cannot be split off (see :func:`head_splits`). ``precision``: the
+    precision the features are computed in (the accelerator's, resolved from ``--mixed-precision auto``)."""
     from torch.utils.data import DataLoader
 
     from ..data import CachedImageDataset, build_transforms
@@ -195,7 +199,8 @@ def split_features(cfg, model: nn.Module, index, cache, dcfg: dict, splits: dict
     backbone = cfg.resolved_backbone()
     out, todo = {}, {}
     for split, rows in splits.items():
-        key = feature_key(backbone, cfg.pretrained, fingerprint, dcfg, cache_path.name, rows, cfg.mixed_precision)
+        key = feature_key(backbone, cfg.pretrained, fingerprint, dcfg, cache_path.name, rows,
+                          precision or cfg.mixed_precision)
         path = feature_path(folder, backbone, split, key)
         feats = load_features(path, rows) if path.is_file() else None
         if feats is None:
@@ -210,7 +215,7 @@ def split_features(cfg, model: nn.Module, index, cache, dcfg: dict, splits: dict
         t0 = time.time()
         for split, (rows, path, key) in todo.items():
             ds = CachedImageDataset(cache, index.labels, rows, eval_tf)
-            dl = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=cfg.num_workers,
+            dl = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=loader_options(cfg, torch.device(device).type)["num_workers"],
                             pin_memory=torch.device(device).type == "cuda")
             feats = extract(on_device, dl, device, autocast, desc=f"features ({split})")
             save_features(path, feats, rows, {"backbone": backbone, "split": split, "key": key,
@@ -234,7 +239,8 @@ def cached_feature_setup(cfg, model: nn.Module, index, cache, dcfg: dict, splits
 
     with accelerator.main_process_first():
         feats = split_features(cfg, model, index, cache, dcfg, splits, accelerator.device, accelerator.autocast,
-                               log=accelerator.print if accelerator.is_main_process else (lambda *_: None))
+                               log=accelerator.print if accelerator.is_main_process else (lambda *_: None),
+                               precision=str(accelerator.mixed_precision))
     if feats is None:
         warnings.warn(f"linear probe: {cfg.resolved_backbone()} does not compute model(x) as "
                       f"head(pre-logits features); training on images instead of cached features")

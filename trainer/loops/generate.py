@@ -49,6 +49,7 @@ from ..run_dir import RunDir, RunResults
 from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import aggregate
 from .optim import build_optimizer, make_accelerator
+from .precision import loader_options, prepare_model, resolve_runtime
 
 BACKBONE = "stable_diffusion_unet"
 
@@ -125,8 +126,9 @@ def _cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
 
 
 # ------------------------------------------------------------------------------------ the run
-def _weight_dtype(cfg: TrainConfig) -> torch.dtype:
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.mixed_precision, torch.float32)
+def _weight_dtype(precision: str) -> torch.dtype:
+    """The frozen weights' dtype for accelerate's resolved ``mixed_precision`` (never ``auto``)."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def _load_data(cfg: TrainConfig, tokenizer, seed: int):
@@ -224,9 +226,9 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
     trainable, total = count_params(unet)
     if trainable == 0:
         raise GenerationError(f"method {cfg.method!r} leaves nothing to train in this U-Net")
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    dtype = _weight_dtype(cfg)
+    rt = resolve_runtime(cfg, "unet")  # the same pure answer as run()'s (trainer/loops/precision.py)
+    unet = prepare_model(unet, rt)  # --grad-checkpointing: the U-Net's own; --compile
+    dtype = _weight_dtype(rt.precision)
     for name in ("vae", "text_encoder"):
         parts[name].to(device)
         if dtype != torch.float32:
@@ -235,7 +237,7 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
         _cast_frozen(unet, dtype)
     params = [p for p in unet.parameters() if p.requires_grad]
     # As the classification loop: no weight decay on 1-D tensors (biases, norm gains, DiffFit's scales).
-    optimizer = build_optimizer(unet, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = build_optimizer(unet, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=rt.fused_optimizer)
     ema = EMA(params) if cfg.ema else None
     unet, optimizer = accelerator.prepare(unet, optimizer)
     plain = accelerator.unwrap_model(unet)
@@ -262,7 +264,7 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
     while state["step"] < cfg.max_train_steps:
         epoch, offset = divmod(state["step"], steps_per_epoch)
         batches = epoch_batches(len(dataset), per_step, seed, epoch)[rank::world][offset:steps_per_epoch]
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=cfg.num_workers)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, **loader_options(cfg))
         for batch in loader:
             latents = encode_images(parts["vae"], batch["pixel_values"], generator)
             hidden = encode_prompts(parts["tokenizer"], parts["text_encoder"], batch["input_ids"])
@@ -314,7 +316,7 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
         img_size=cfg.resolution, grayscale="replicate",
         training={"seed": seed, "steps": state["step"], "lr": cfg.lr, "batch_size": cfg.batch_size,
                   "fraction": cfg.fraction, "n_train": len(data.train), "resolution": cfg.resolution,
-                  "mixed_precision": cfg.mixed_precision, "ema": cfg.ema})
+                  "mixed_precision": rt.precision, "ema": cfg.ema})
     if main:
         save_adapter(plain, run_dir.adapter_dir(seed), acfg)
         if cfg.fid_samples > 0:
@@ -347,7 +349,8 @@ def run(cfg: TrainConfig) -> dict:
         raise ConfigError(f"--resolution must be a multiple of 8, got {cfg.resolution}")
     check_base(cfg.base_model)
     run_dir = RunDir.prepare(cfg, flat=True)
-    accelerator = make_accelerator(cfg.mixed_precision)
+    rt = resolve_runtime(cfg, "unet")
+    accelerator = make_accelerator(rt.precision, non_blocking=rt.non_blocking)
     if accelerator.is_main_process:
         run_dir.save_config(cfg)
     t0 = time.time()
@@ -358,6 +361,7 @@ def run(cfg: TrainConfig) -> dict:
         cfg, task="generation", backbone=BACKBONE, per_seed=per_seed, adapter_dir=run_dir.adapter_rel(cfg.seeds[0]),
         metrics={"test": aggregate([r["test"] for r in per_seed]) if tested else {}},
         wall_time_s=time.time() - t0, data_notes=per_seed[0]["data_notes"], base_model=cfg.base_model).data
+    results["runtime"] = rt.record()  # the precision, compile and checkpointing actually used
     if accelerator.is_main_process:
         run_dir.write_results(results)
         fid = results["metrics"]["test"].get("fid")

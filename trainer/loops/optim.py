@@ -1,8 +1,8 @@
 """How a training step runs, shared by the loops and by ``python -m trainer.perf`` (which times exactly
 this step): the accelerator, the optimizer, the learning-rate schedule and the step itself.
 
-    accelerator = make_accelerator(cfg.mixed_precision)
-    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    accelerator = make_accelerator(rt.precision, non_blocking=rt.non_blocking)   # rt: trainer.loops.precision
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=rt.fused_optimizer)
     sched = build_scheduler(opt, epochs=cfg.epochs, steps_per_epoch=n, warmup_epochs=cfg.warmup_epochs)
     loss = train_step(model, x, y, loss_fn, opt, sched, grad_clip=cfg.grad_clip, accelerator=accelerator)
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from typing import Callable
 
 import torch
@@ -24,35 +25,82 @@ def setup_cuda_backends() -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def make_accelerator(mixed_precision: str = "no"):
+def make_accelerator(mixed_precision: str = "no", non_blocking: bool = False):
     """An ``accelerate.Accelerator`` (CPU when there is no CUDA), with :func:`setup_cuda_backends`.
+    ``mixed_precision``: no | bf16 | fp16 (fp16 with accelerate's gradient scaler; ``auto`` is resolved
+    by :func:`trainer.loops.precision.resolve_precision` first); ``non_blocking``: the prepared loaders
+    copy batches to the device asynchronously (with pinned memory, on CUDA).
 
     In a single process that already made one with another precision (several runs in one Python
     session: tests, the web UI), accelerate's process-wide state is reset first; in a multi-process
     launch that stays an error."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DataLoaderConfiguration
 
     setup_cuda_backends()
     cpu = not torch.cuda.is_available()
+    if mixed_precision == "auto":
+        from .precision import resolve_precision
+
+        mixed_precision = resolve_precision("auto", "cpu" if cpu else "cuda")
+
+    def make():
+        return Accelerator(mixed_precision=mixed_precision, cpu=cpu,
+                           dataloader_config=DataLoaderConfiguration(non_blocking=bool(non_blocking and not cpu)))
+
     try:
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        return make()
     except ValueError as e:
         if "already been initialized" not in str(e) or PartialState().num_processes > 1:
             raise
         AcceleratorState._reset_state(reset_partial_state=True)
-        return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
+        return make()
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBED = re.compile(r"(?:^|\.)(cls_token|reg_token|dist_token|pos_embed|patch_embed)(?:\.|$)")
+
+
+def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
+    """(parameter name -> layer id, number of ids) for layer-wise lr decay as BEiT/MAE fine-tuning:
+    0 for the patch/position embeddings and class token, i + 1 for block i, L + 1 for everything after
+    the blocks (final norm, fc_norm, head). Names may carry wrappers' prefixes (peft's ``base_model.model.``)."""
+    names = [n for n, _ in model.named_parameters()]
+    blocks = [int(m.group(1)) for n in names if (m := _BLOCK.search(n))]
+    depth = max(blocks) + 1 if blocks else 0
+    ids = {}
+    for n in names:
+        if (m := _BLOCK.search(n)) is not None:
+            ids[n] = int(m.group(1)) + 1
+        elif _EMBED.search(n):
+            ids[n] = 0
+        else:
+            ids[n] = depth + 1
+    return ids, depth + 2
+
+
+def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                    layer_decay: float | None = None, fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only; weight decay on tensors of >= 2 dimensions (weights),
-    none on biases, norms and other vectors."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    none on biases, norms and other vectors. ``layer_decay`` (e.g. 0.65, BEiT/MAE): the parameters of
+    layer id k (:func:`layer_ids`) train at ``lr * layer_decay ** (num_ids - 1 - k)``, the head at ``lr``.
+    Every method's trainable parameters inside blocks (LoRA factors, adapters, biases, norms) follow
+    their block. A model without ``blocks`` (a CNN) has one layer: ``layer_decay`` then changes nothing.
+    ``fused``: torch's fused AdamW kernel (one launch for all tensors; CUDA, the loops' default there via
+    :mod:`trainer.loops.precision`); None/False: torch's default (foreach). The update is the same."""
+    ids, n_ids = layer_ids(model) if layer_decay is not None else ({}, 1)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer, decays = ids.get(name, n_ids - 1), p.ndim >= 2
+        scale = layer_decay ** (n_ids - 1 - layer) if layer_decay is not None else 1.0
+        group = groups.setdefault((layer, decays), {"params": [], "weight_decay": weight_decay if decays else 0.0,
+                                                    "lr": lr * scale, "layer_id": layer})
+        group["params"].append(p)
+    ordered = [groups[k] for k in sorted(groups, key=lambda k: (-k[1], k[0]))]
+    return torch.optim.AdamW(ordered, lr=lr, **({"fused": True} if fused else {}))
 
 
 def build_scheduler(optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0):

@@ -21,7 +21,15 @@ DEVICE_DEFAULTS = {
 }
 MEM_STEPS = 2  # the trainer's step order reaches its peak in step 2 (step 1's gradients + optimizer state live)
 TARGETS = {"lora_memory_vs_full": 0.6, "lora_time_vs_full": 0.85, "merged_vs_base": 1.05,
-           "linear_probe_cached_speedup": 10.0, "lora_images_per_s_h100": 1500.0, "loader_vs_model": 3.0}
+           "linear_probe_cached_speedup": 10.0, "lora_images_per_s_h100": 1500.0, "loader_vs_model": 3.0,
+           "lora_gc_memory_vs_full": 0.35, "ssf_memory_vs_full": 1.0,
+           "trainer_vs_baseline_gpu": 0.5, "trainer_vs_baseline_cpu": 0.9}
+GC = "+gc"  # a method name with this suffix ("lora+gc") is measured with gradient checkpointing on
+
+
+def split_variant(method: str) -> tuple[str, bool]:
+    """``"lora+gc"`` -> ``("lora", True)``; ``"lora"`` -> ``("lora", False)``."""
+    return (method[:-len(GC)], True) if method.endswith(GC) else (method, False)
 
 
 @dataclass
@@ -78,12 +86,18 @@ def input_size(bench: Bench, warn: bool = False) -> int:
 
 
 def build(bench: Bench, method: str | None) -> nn.Module:
-    """Backbone (+ method), on the device; channels_last for CNNs on CUDA."""
+    """Backbone (+ method), on the device; channels_last for CNNs on CUDA; a ``+gc`` method with
+    gradient checkpointing (:func:`trainer.loops.precision.enable_grad_checkpointing`)."""
     from adapters import apply_method, create_backbone, family_of
+
+    from ...loops.precision import enable_grad_checkpointing
 
     model = create_backbone(bench.backbone, bench.num_classes, pretrained=bench.pretrained, img_size=bench.img_size)
     if method is not None:
-        model = apply_method(model, method)
+        name, gc = split_variant(method)
+        model = apply_method(model, name)
+        if gc:
+            enable_grad_checkpointing(model)
     model = model.to(bench.device)
     if torch.device(bench.device).type == "cuda" and family_of(model) == "cnn":
         model = model.to(memory_format=torch.channels_last)
@@ -101,12 +115,14 @@ def make_batch(bench: Bench, size: int, family: str) -> tuple[torch.Tensor, torc
 
 
 def trainer_optimizer(model: nn.Module):
-    """The trainer's own AdamW (trainable parameters only, decay on >= 2-D tensors)."""
+    """The trainer's own AdamW (trainable parameters only, decay on >= 2-D tensors; fused on CUDA, as
+    the trainer's runtime picks it)."""
     from ...config import TrainConfig
     from ...loops.optim import build_optimizer
 
     cfg = TrainConfig()
-    return build_optimizer(model, cfg.lr, cfg.weight_decay)
+    cuda = next(model.parameters()).device.type == "cuda"
+    return build_optimizer(model, cfg.lr, cfg.weight_decay, fused=cuda)
 
 
 def make_train_step(model: nn.Module, bench: Bench, x: torch.Tensor, y: torch.Tensor):

@@ -21,7 +21,7 @@ from .bench import Bench, CHILD_TAG, ROOT, build, input_size, make_batch, make_t
 
 # ------------------------------------------------------------------------------------------ memory
 
-def _proc_status(field: str) -> int | None:
+def proc_status(field: str) -> int | None:
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -32,7 +32,7 @@ def _proc_status(field: str) -> int | None:
     return None
 
 
-def _reset_peak_rss() -> bool:
+def reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -91,7 +91,7 @@ def measure_memory(bench: Bench, method: str, family: str, steps: int) -> dict:
     size = input_size(bench)
     x, y = make_batch(bench, size, family)
     gc.collect()
-    hwm = _reset_peak_rss() and _proc_status("VmHWM") is not None
+    hwm = reset_peak_rss() and proc_status("VmHWM") is not None
     base = psutil.Process().memory_info().rss
     sampler = contextlib.nullcontext() if hwm else _RssSampler()
     with sampler:
@@ -99,7 +99,7 @@ def measure_memory(bench: Bench, method: str, family: str, steps: int) -> dict:
         step, _ = make_train_step(model, bench, x, y)
         for _ in range(steps):
             step()
-    peak = _proc_status("VmHWM") if hwm else sampler.peak
+    peak = proc_status("VmHWM") if hwm else sampler.peak
     return {"method": method, "peak_rss_bytes": peak, "base_rss_bytes": base, "train_bytes": peak - base,
             "source": "VmHWM" if hwm else "psutil-sampled", "steps": steps}
 
@@ -154,19 +154,22 @@ def child_main(spec: dict) -> list[dict]:
     return [results[m] for m in methods]
 
 
-def _child_env() -> dict:
+def child_env(threads: int | None = 1) -> dict:
+    """The environment of a perf subprocess: the repository importable; for memory processes
+    (``threads=1``) one thread, and allocations >= 64 KiB by mmap, returned to the OS when freed, so
+    that the resident size follows live memory instead of what malloc keeps cached. ``threads=None``:
+    the environment as it is (timed processes)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    # One thread; and allocations >= 64 KiB by mmap, returned to the OS when freed, so that the
-    # resident size follows live memory instead of what malloc keeps cached.
-    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536")
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), MALLOC_MMAP_THRESHOLD_="65536")
     return env
 
 
 def spawn_child(bench: Bench, methods: list[str], mem_steps: int, fork: bool, jobs: int) -> list[dict]:
     spec = {**asdict(bench), "methods": methods, "mem_steps": mem_steps, "fork": fork, "jobs": jobs}
     proc = subprocess.run([sys.executable, "-m", "trainer.perf", "--_child", json.dumps(spec)], cwd=ROOT,
-                          env=_child_env(), capture_output=True, text=True, timeout=3600)
+                          env=child_env(), capture_output=True, text=True, timeout=3600)
     for line in proc.stdout.splitlines():
         if line.startswith(CHILD_TAG):
             return json.loads(line[len(CHILD_TAG):])
