@@ -111,7 +111,21 @@ def pooling(name: str, init_checkpoint: str | None = None, global_pool: str | No
     return global_pool, fc_norm
 
 
+RANDOM_INIT_SEED = 0  # random (--no-pretrained) weights are drawn from this seed: see _create
+
+
 def _create(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
+    """Random weights (``pretrained=False``) are drawn from :data:`RANDOM_INIT_SEED` (the caller's random
+    state is left as it was): an adapter saves only what it trained, so the frozen random weights it
+    was trained on must come back identical when it is loaded again (same timm and torch versions)."""
+    if pretrained:
+        return _create_model(name, num_classes, pretrained, **kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return _create_model(name, num_classes, pretrained, **kwargs)
+
+
+def _create_model(name: str, num_classes: int, pretrained: bool, **kwargs: Any) -> nn.Module:
     if name == OFFLINE_LITE0:
         model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=1000, **kwargs)
         if pretrained:

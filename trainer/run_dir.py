@@ -92,7 +92,9 @@ class RunResults:
         first = per_seed[0]
         data = {
             "kind": RUN_KIND, "task": task, "method": cfg.method, "backbone": backbone, **extra,
-            "dataset": cfg.dataset, "fraction": cfg.fraction,
+            "dataset": cfg.dataset,
+            # the share of training labels: --fraction, or a split list's 1 / 10 / 100 %
+            "fraction": cfg.label_fraction / 100 if getattr(cfg, "split_lists", None) else cfg.fraction,
             "n_train": first["split_sizes"]["train"], "split_sizes": first["split_sizes"],
             "seeds": [r["seed"] for r in per_seed], "metrics": metrics,
             "trainable_params": first["trainable_params"], "total_params": first["total_params"],

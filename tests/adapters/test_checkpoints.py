@@ -1,7 +1,6 @@
 """Foundation checkpoints: MAE-style .pth / state dict / safetensors into a timm ViT, safely."""
 from __future__ import annotations
 
-import argparse
 import builtins
 import os
 
@@ -16,30 +15,8 @@ from adapters.backbones import TINY_VIT
 from adapters.checkpoints import (NORMALIZATION_PRESETS, CheckpointError, convert_checkpoint, load_init_checkpoint,
                                   normalization, read_checkpoint)
 from adapters.io import AdapterConfig, load_adapter, save_adapter
+from tests.helpers.checkpoints import DIM, encoder_state, mae_checkpoint
 
-DIM = 32  # TINY_VIT width
-
-
-def encoder_state(seed: int = 0, img_size: int = 32) -> dict[str, torch.Tensor]:
-    """The encoder of an MAE: a ViT without head (token pooling, so it keeps its final `norm`)."""
-    torch.manual_seed(seed)
-    model = create_backbone(TINY_VIT, 0, pretrained=False, img_size=img_size)
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["pos_embed"] = torch.randn_like(state["pos_embed"])  # distinct from any fresh init
-    return state
-
-
-def mae_checkpoint(path, encoder: dict[str, torch.Tensor]) -> None:
-    """As MAE's main_pretrain.py saves it (DDP-wrapped model: `module.` prefix), decoder included."""
-    model = {f"module.{k}": v for k, v in encoder.items()}
-    model.update({"module.mask_token": torch.zeros(1, 1, DIM),
-                  "module.decoder_embed.weight": torch.randn(16, DIM), "module.decoder_embed.bias": torch.zeros(16),
-                  "module.decoder_pos_embed": torch.zeros(1, 17, 16),
-                  "module.decoder_blocks.0.attn.qkv.weight": torch.randn(48, 16),
-                  "module.decoder_norm.weight": torch.ones(16), "module.decoder_pred.weight": torch.randn(192, 16)})
-    torch.save({"model": model, "optimizer": {"state": {}, "param_groups": [{"lr": 1.5e-4, "params": [0, 1]}]},
-                "epoch": 799, "scaler": {"scale": 65536.0, "growth_factor": 2.0},
-                "args": argparse.Namespace(model="mae_vit_base_patch16", mask_ratio=0.75, norm_pix_loss=True)}, path)
 
 
 def test_mae_checkpoint_loads_with_report_and_exact_weights(tmp_path):
@@ -185,3 +162,14 @@ def test_adapter_config_rebuilds_the_same_model(tmp_path):
         load_adapter(tmp_path / "adapter")
     again, _ = load_adapter(tmp_path / "adapter", init_checkpoint=str(moved))
     assert torch.allclose(model(x), again(x), atol=1e-6)
+
+
+def test_random_weights_are_reproducible_and_leave_the_callers_random_state():
+    """An adapter saves only what it trained: a --no-pretrained base must come back identical."""
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = create_backbone(TINY_VIT, 3, pretrained=False).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(7)  # another training seed: the same random base
+    b = create_backbone(TINY_VIT, 3, pretrained=False).state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

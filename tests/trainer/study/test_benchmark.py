@@ -109,7 +109,7 @@ def test_shipped_grids_carry_the_protocol_and_lr_ranges_per_family(tmp_path):
         grid = load_grid(path)
         generation = (grid.get("base") or {}).get("task") == "generation"
         assert grid["seeds"] == [0, 1, 2], path.name
-        if not generation:
+        if not generation and path.name != "medpeft.yaml":  # MED-PEFT ran fixed settings, as its grid does
             assert grid["hpo"]["trials"] >= 10, path.name  # an ASHA search per cell
         for cell in cells(grid):
             cfg = cell_config(grid, cell, tmp_path)
@@ -212,3 +212,21 @@ def test_linear_probe_rows_say_when_features_were_cached():
     assert cached_features_note({"method": "lora", "config": {}}) == ""
     grid = load_grid(GRIDS / "table2_resnet50.yaml")
     assert grid["overrides"]["linear_probe"]["cache_features"] is False  # like-for-like in the paper grids
+
+
+def test_medpeft_grid_maps_fractions_to_split_lists(tmp_path):
+    grid = load_grid(GRIDS / "medpeft.yaml")
+    cfgs = {(c.method, c.dataset, c.fraction): cell_config(grid, c, tmp_path) for c in cells(grid)}
+    assert len(cfgs) == 2 * 3 * 3
+    one = cfgs[("lora", "chestxray14", 0.01)]
+    assert one.split_lists.endswith("NIH_ChestX-ray") and one.label_fraction == 1 and one.fraction == 1.0
+    assert one.layer_decay == 0.65 and one.hparams["alpha"] == 32 and one.hparams["targets"] == "qv"
+    assert cfgs[("full", "chexpert", 1.0)].label_fraction == 100
+
+
+def test_leaderboard_shows_medpeft_reported_numbers():
+    from trainer.study.results import MEDPEFT_SOURCE, all_rows
+
+    rows = all_rows(None)
+    nih = rows[(rows["source"] == MEDPEFT_SOURCE) & (rows["dataset"] == "chestxray14") & (rows["method"] == "lora")]
+    assert len(nih) == 1 and nih.iloc[0]["mean"] == pytest.approx(0.806) and nih.iloc[0]["fraction"] == 0.01
