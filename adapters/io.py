@@ -60,6 +60,11 @@ class AdapterConfig:
     grayscale: str = "replicate"  # how 1-channel images become 3 channels
     dataset: str | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
+    # Temperature scaling fitted on the validation split (one T, or one per label for multi-label):
+    # calibrated probabilities are softmax/sigmoid(logits / T). None: not calibrated. ``calibration``:
+    # ECE / Brier / NLL before and after, the test interval and subgroup scores (the model card's).
+    temperature: float | list[float] | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
     trainable_params: int | None = None
     total_params: int | None = None
     training: dict[str, Any] = field(default_factory=dict)  # seed, split, epochs, lr ... (informational)
@@ -228,9 +233,31 @@ def load_adapter_weights(model: nn.Module, path: str | os.PathLike) -> None:
         assert not result.unexpected_keys, result.unexpected_keys
 
 
+def scale_logits(logits: torch.Tensor, temperature) -> torch.Tensor:
+    """logits / T: the calibrated logits of an adapter with ``temperature`` (None leaves them as they are)."""
+    if temperature is None:
+        return logits
+    t = torch.as_tensor(temperature, dtype=logits.dtype, device=logits.device)
+    return logits / t
+
+
+def calibrate_outputs(model: nn.Module, temperature) -> nn.Module:
+    """Make ``model`` return calibrated logits (divided by its temperature) with a forward hook;
+    ``model.medpeft_temperature`` records it. The argmax (and the sign of each logit) is unchanged."""
+    if temperature is not None and getattr(model, "medpeft_temperature", None) is None:
+        model.register_forward_hook(lambda module, args, output: scale_logits(output, temperature))
+        model.medpeft_temperature = temperature
+    return model
+
+
 def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pretrained: bool | None = None,
-                 init_checkpoint: str | None = None) -> tuple[nn.Module, AdapterConfig]:
+                 init_checkpoint: str | None = None, calibrated: bool = True) -> tuple[nn.Module, AdapterConfig]:
     """Rebuild base + method from ``folder`` and restore its tensors.
+
+    ``calibrated``: where the config has a temperature (fitted on the validation split at training),
+    the model returns logits / T, so softmax / sigmoid give calibrated probabilities (argmax unchanged);
+    False returns the raw logits. (A merged copy, e.g. peft's merge_and_unload, is a new module: pass
+    it through :func:`calibrate_outputs` again.)
 
     ``model``: a base model to apply the adapter to (e.g. a U-Net from a pipeline, or a cached
     backbone); by default the backbone is created from the config: pretrained weights when the adapter
@@ -257,6 +284,8 @@ def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pret
     model = apply_method(model, config.method, **config.hparams)
     load_adapter_weights(model, folder / WEIGHTS_NAME)
     model.eval()
+    if calibrated and config.task != "generation":
+        calibrate_outputs(model, config.temperature)
     return model, config
 
 

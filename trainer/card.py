@@ -64,6 +64,68 @@ def _eval_metrics(config: AdapterConfig, results: dict | None) -> list[tuple[str
     return out
 
 
+def _assessment_evals(config: AdapterConfig, results: dict | None) -> list[tuple[str, float, str | None, str]]:
+    """model-index entries beyond the headline: the test score per subgroup (mean over seeds from
+    ``results``, else these weights'), the ECE before / after temperature scaling, the test interval."""
+    out = []
+    fairness = ((results or {}).get("fairness") or {}).get("test")
+    if fairness:
+        key = fairness["headline"]
+        for attr, a in fairness["attributes"].items():
+            for value, g in a["groups"].items():
+                score = (g.get("score") or {}).get("mean") if g.get("scored") else None
+                if _finite(score):
+                    out.append((key, float(score), "test", f"test {key}, {attr} = {value} ({g['n']} images)"))
+    elif config.calibration.get("subgroups"):
+        key = config.calibration.get("subgroup_metric", "score")
+        for attr, a in config.calibration["subgroups"].items():
+            for value, g in a["groups"].items():
+                if _finite(g.get("score")):
+                    out.append((key, float(g["score"]), "test", f"test {key}, {attr} = {value} ({g['n']} images)"))
+    cal = config.calibration.get("test") or {}
+    for when in ("before", "after"):
+        ece = (cal.get(when) or {}).get("ece")
+        if _finite(ece):
+            what = "raw" if when == "before" else "temperature-scaled"
+            out.append(("ece", float(ece), "test", f"test expected calibration error (15 bins, {what})"))
+    interval = config.calibration.get("test_interval") or {}
+    for end in ("low", "high"):
+        if _finite(interval.get(end)):
+            out.append((f"{interval['metric']}_ci95_{end}", float(interval[end]), "test",
+                        f"test {interval['metric']} bootstrap 95% interval, {end} end ({interval['n_resamples']} "
+                        f"resamples by {interval['resampled_by']})"))
+    return out
+
+
+def _assessment_lines(config: AdapterConfig) -> list[str]:
+    """The card's Calibration and Subgroups section, for these weights (config.calibration)."""
+    c = config.calibration
+    if not c or config.temperature is None:
+        return []
+    t = config.temperature
+    t_text = f"{t:.3f}" if isinstance(t, (int, float)) else ", ".join(f"{v:.3f}" for v in t)
+    b, a = (c.get("test") or {}).get("before") or {}, (c.get("test") or {}).get("after") or {}
+    lines = ["## Calibration and subgroups", "",
+             f"Temperature scaling fitted on the validation split: T = {t_text} (`temperature` in medpeft.json; "
+             "`load_adapter` and the MedPEFT app apply it, so their probabilities are calibrated).", "",
+             "| test split | ECE (15 bins) | Brier | NLL |", "| --- | --- | --- | --- |"]
+    for name, m in (("raw", b), ("temperature-scaled", a)):
+        lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if _finite(m.get(k)) else "n/a"
+                                                 for k in ("ece", "brier", "nll")) + " |")
+    interval = c.get("test_interval") or {}
+    if _finite(interval.get("low")):
+        lines += ["", f"Test {interval['metric']} {interval['estimate']:.4f}, bootstrap 95% interval "
+                      f"{interval['low']:.4f} to {interval['high']:.4f} ({interval['n_resamples']} resamples by "
+                      f"{'patient / lesion' if interval['resampled_by'] == 'group' else 'image'})."]
+    for attr, s in (c.get("subgroups") or {}).items():
+        lines += ["", f"Test {c.get('subgroup_metric', 'score')} by {attr} (worst: {s['worst_group'] or 'n/a'}"
+                      + (f", gap {s['gap']:.4f}" if _finite(s.get("gap")) else "") + "):", "",
+                  "| group | images | score |", "| --- | --- | --- |"]
+        lines += [f"| {v} | {g['n']} | {g['score']:.4f} |" if _finite(g.get("score")) else
+                  f"| {v} | {g['n']} | too few images to score |" for v, g in s["groups"].items()]
+    return lines + [""]
+
+
 def _training_lines(config: AdapterConfig, results: dict | None) -> list[str]:
     r = results or {}
     tr = config.trainable_params if config.trainable_params is not None else r.get("trainable_params")
@@ -95,6 +157,12 @@ def _training_lines(config: AdapterConfig, results: dict | None) -> list[str]:
         if key and all(_finite(p["test"].get(key)) for p in per_seed):
             lines.append(f"- test {key} per seed: " + ", ".join(f"seed {p.get('seed')}: {p['test'][key]:.4f}"
                                                                  for p in per_seed))
+    mine = next((p for p in per_seed if p.get("seed") == seed), per_seed[0] if per_seed else None)
+    per_class = (mine or {}).get("test", {}).get("auroc_per_class") or {}
+    if per_class and (mine or {}).get("test", {}).get("headline") == "auroc":  # multi-label: AUROC per label
+        lines.append(f"- test AUROC per class (seed {mine.get('seed')}; undefined: no positives or no negatives, "
+                     "left out of the mean): " + ", ".join(f"{c} {v:.4f}" if _finite(v) else f"{c} undefined"
+                                                         for c, v in per_class.items()))
     return lines
 
 
@@ -113,7 +181,8 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
         tags.append("peft")
     evals = [EvalResult(task_type=task_type, dataset_type=dataset or "custom", dataset_name=dataset or "custom",
                         dataset_split=split, metric_type=metric, metric_value=round(value, 6), metric_name=name)
-             for metric, value, split, name in _eval_metrics(config, results)]
+             for metric, value, split, name in _eval_metrics(config, results) + _assessment_evals(config, results)]
+    n_headline = len(_eval_metrics(config, results))  # the rest: subgroups, ECE, interval (own section)
     kept: dict[str, Any] = {}
     if existing:
         try:
@@ -135,7 +204,7 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
         body = _drop_metric_table(body)  # replaced by the Evaluation section
         test = ((results or {}).get("metrics") or {}).get("test") or {}
         extra += ["## Evaluation", "", "| metric | split | value |", "| --- | --- | --- |"]
-        for e in evals:
+        for e in evals[:n_headline]:
             v = test.get(e.metric_type)
             spread = (f" ± {v['std']:.4f} ({len(v['values'])} seeds)" if isinstance(v, dict) and _finite(v.get("std"))
                       and len(v.get("values") or []) > 1 else "")
@@ -152,6 +221,7 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
         why = ("the backbone was trained from random weights (--no-pretrained)" if not config.pretrained
                else f"{config.backbone} has no pretrained weights on the Hub")
         extra += [f"No `base_model` is named: {why}.", ""]
+    extra += _assessment_lines(config)
     training = _training_lines(config, results)
     if training:
         extra += ["## Training", ""] + training + [""]

@@ -44,14 +44,31 @@ class TrainConfig:
     pretrained: bool = True
     img_size: int | None = None
     hparams: dict[str, Any] = field(default_factory=dict)  # the method's own hyper-parameters
+    # foundation backbones (MED-PEFT): self-supervised weights, MAE fine-tuning's pooling, normalisation
+    init_checkpoint: str | None = None  # .pth / .safetensors / hf-hub:org/name[/file] (adapters.checkpoints)
+    global_pool: str | None = None  # ViT pooling: token | avg (default: avg with fc_norm for an init checkpoint)
+    fc_norm: bool | None = None
+    drop_path: float | None = None  # stochastic depth rate (timm drop_path_rate)
+    normalization: str | None = None  # mean/std preset: mrm | cxr_mae | imagenet (default: the backbone's)
+    mean: float | None = None  # one value for all 3 channels (grayscale copied to RGB), overrides the preset
+    std: float | None = None
     # data
     fraction: float = 1.0
     val_frac: float | None = None  # None: the dataset's default (trainer.data.splits.SPLIT_DEFAULTS)
     test_frac: float | None = None
     split_seed: int = 0  # the one train/val/test split every training seed shares
+    split_lists: str | None = None  # folder of MED-PEFT split lists (train_1/10/list, val_list, test_list .txt)
+    label_fraction: int = 100  # with split_lists: train on train_1.txt (1), train_10.txt (10) or train_list.txt
+    labels_from: str = "list"  # with split_lists: the lists' labels (list) or the dataset's (dataset)
     resplit_per_seed: bool = False  # draw a new split per training seed (split seed = training seed)
+    # fairness and calibration (trainer/loops/assess.py): subgroups, their minimum size, the interval
+    group_columns: str | None = None  # csv / imagefolder: metadata columns that become subgroups ("sex,age")
+    age_bins: str | None = None  # age bin edges in years, default "40,60,80" (<40, 40-59, 60-79, 80+)
+    min_group_size: int = 30  # a smaller subgroup is listed as too small, not scored
+    bootstrap_resamples: int = 1000  # resamples of the test headline's 95% interval (0: none)
+    select_on: str = "headline"  # the validation score that picks the epoch: headline | worst_group (FairTune)
     cache_dir: str | None = None  # decoded-image cache; default <output_dir>/../.cache
-    num_workers: int = 2
+    num_workers: int | None = None  # None: sized to the machine, min(8, CPUs - 1) (trainer.loops.precision)
     cache_features: bool = True  # linear_probe: train the head on cached frozen-backbone features
     skip_bad_images: bool = False  # drop undecodable images (listed in the data notes) instead of failing
     # optimisation
@@ -60,11 +77,14 @@ class TrainConfig:
     patience: int = 5
     batch_size: int = 32
     lr: float = 1e-3
+    layer_decay: float | None = None  # layer-wise lr decay (BEiT/MAE): block i at lr * decay^(L - i)
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.0
     grad_clip: float = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16 (trainable parameters stay fp32)
+    mixed_precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | no | bf16 | fp16; trainables stay fp32
+    compile: bool = False  # torch.compile the model (in place)
+    grad_checkpointing: bool = False  # recompute block activations in backward (timm / the U-Net's own)
     max_steps_per_epoch: int | None = None  # cap (quick runs, smoke tests)
     # generation (task=generation)
     base_model: str | None = None  # diffusers pipeline: Hub id or local save_pretrained folder
@@ -142,9 +162,13 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "grad_clip": (0, 1e6, False), "max_steps_per_epoch": (1, 10**9, False), "resolution": (8, 4096, False),
     "max_train_steps": (1, 10**9, False), "validation_steps": (0, 10**9, False),
     "num_inference_steps": (1, 1000, False), "guidance_scale": (0, 100, False), "fid_samples": (0, 10**7, False), "split_seed": (0, 2**32 - 1, False),
+    "layer_decay": (0, 1, True), "drop_path": (0, 0.99, False), "label_fraction": (1, 100, False),
+    "mean": (0, 1, False), "std": (0, 10, True),
+    "min_group_size": (1, 10**9, False), "bootstrap_resamples": (0, 10**6, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"task": ("classification", "generation"),
-                                       "mixed_precision": ("no", "bf16", "fp16")}
+                                       "mixed_precision": ("auto", "no", "bf16", "fp16"), "labels_from": ("list", "dataset"),
+                                       "select_on": ("headline", "worst_group")}
 # Hyper-parameters shared by several methods: (low, high, low is exclusive). Method-specific values
 # (``targets``, ``bn_stats``) are checked by the method itself (trainer.preflight applies it first).
 HPARAM_RANGES: dict[str, tuple[float, float, bool]] = {
@@ -257,6 +281,26 @@ def dataset_names(task: str = "classification") -> list[str]:
 
 
 def _check_combinations(cfg: TrainConfig) -> None:
+    if cfg.age_bins is not None:
+        from .data import DataError
+        from .data.subgroups import check_age_bins
+
+        try:
+            check_age_bins(cfg.age_bins)
+        except DataError as e:
+            raise ConfigError(f"--age-bins: {e}") from None
+    if cfg.normalization is not None:
+        from adapters.checkpoints import NORMALIZATION_PRESETS
+
+        if cfg.normalization.lower() not in NORMALIZATION_PRESETS:
+            raise ConfigError(f"{_named('normalization')} must be one of {', '.join(NORMALIZATION_PRESETS)}, "
+                              f"got {cfg.normalization!r}")
+    if (cfg.mean is None) != (cfg.std is None):
+        raise ConfigError("--mean and --std go together: give both (one value each, for all three channels)")
+    if cfg.split_lists is None and (cfg.label_fraction != 100 or cfg.labels_from != "list"):
+        raise ConfigError("--label-fraction and --labels-from choose among MED-PEFT split lists: add --split-lists DIR")
+    if cfg.split_lists is not None and cfg.fraction != 1.0:
+        raise ConfigError("--fraction subsamples drawn splits; with --split-lists use --label-fraction 1|10|100")
     if not cfg.seeds:
         raise ConfigError(f"{_named('seeds')} needs at least one seed")
     if len(set(cfg.seeds)) != len(cfg.seeds):

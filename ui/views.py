@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from trainer.infer import AdapterList
-from trainer.jobs.progress import pct
+from trainer.jobs.progress import metric_label, pct
 from trainer.study.results import format_params
 
 DISCLAIMER = "Research use only: not a medical device, not for diagnosis."
@@ -123,10 +123,12 @@ def train_result_markdown(results: dict, seed_result: dict, key: str | None, ada
             if k in test]
     lines += ["| " + " | ".join(label for _, label in cols) + " |", "|" + "---:|" * len(cols),
               "| " + " | ".join(f"**{pct(test[k])}**" if k == "f1_macro" else pct(test[k]) for k, _ in cols) + " |"]
-    per_class = test.get("per_class_f1") or test.get("per_class_auroc")
+    multilabel = test.get("headline") == "auroc"
+    per_class = test.get("auroc_per_class") if multilabel else test.get("per_class_f1")
     if per_class:
-        what = "F1" if "per_class_f1" in test else "AUROC"
-        lines += ["", f"Per-class {what}: " + ", ".join(f"{c} {pct(v)}" for c, v in per_class.items())]
+        lines += ["", f"Per-class {'AUROC' if multilabel else 'F1'}: "
+                  + ", ".join(f"{c} {pct(v) if v is not None else 'undefined'}" for c, v in per_class.items())]
+    lines += assessment_markdown(seed_result.get("assessment") or {})
     sizes = results.get("split_sizes") or {}
     tp, total = results.get("trainable_params"), results.get("total_params")
     lines += ["", f"**{results['method']}** on `{results['backbone']}`"
@@ -150,6 +152,50 @@ def train_result_markdown(results: dict, seed_result: dict, key: str | None, ada
     if results.get("stopped_early_by_user"):
         lines += ["", "**Stopped by you:** the best validation checkpoint so far was tested and saved."]
     return "\n".join(lines)
+
+
+def _num(x, digits: int = 3) -> str:
+    return "n/a" if x is None or x != x else f"{x:.{digits}f}"
+
+
+def assessment_markdown(assessment: dict) -> list[str]:
+    """Markdown lines: the test interval, calibration before/after temperature scaling, and a per-group
+    table for every subgroup attribute (test split) of one seed's assessment (trainer.loops.assess)."""
+    lines = []
+    interval = assessment.get("test_interval")
+    if interval and interval.get("low") == interval.get("low"):
+        lines += ["", f"Bootstrap 95% interval of the test {metric_label(interval['metric'])}: "
+                      f"{pct(interval['low'])} to {pct(interval['high'])} ({interval['n_resamples']} resamples by "
+                      f"{'patient/lesion' if interval['resampled_by'] == 'group' else 'image'})."]
+    cal = assessment.get("calibration")
+    if cal:
+        b, a = cal["test"]["before"], cal["test"]["after"]
+        t = cal["temperature"]
+        t_text = f"{t:.2f}" if isinstance(t, (int, float)) else f"{min(t):.2f} to {max(t):.2f} (per label)"
+        lines += ["", f"**Calibration** (test split; temperature T = {t_text} fitted on validation):",
+                  "| | ECE | Brier | NLL |", "|---|---:|---:|---:|",
+                  f"| raw | {_num(b['ece'])} | {_num(b['brier'])} | {_num(b['nll'])} |",
+                  f"| calibrated | {_num(a['ece'])} | {_num(a['brier'])} | {_num(a['nll'])} |"]
+    test = (assessment.get("subgroups") or {}).get("test")
+    for attr, entry in ((test or {}).get("attributes") or {}).items():
+        lines += ["", f"**Subgroups by {attr}** (test split, {metric_label(test['headline'])}; worst "
+                      f"{entry['worst_group'] or 'n/a'}, gap {pct(entry['gap'])}, equalized-odds difference "
+                      f"{_num(entry['equalized_odds_difference'])}):",
+                  "| group | images | score | accuracy |", "|---|---:|---:|---:|"]
+        for value, g in entry["groups"].items():
+            score = pct(g["score"]) if g["scored"] else f"too small (< {test['min_group_size']})"
+            lines.append(f"| {value} | {g['n']} | {score} | {pct(g['accuracy']) if g['scored'] else ''} |")
+    return lines
+
+
+def calibration_text(config) -> str:
+    """The Classify tab's line for an adapter whose probabilities are temperature-scaled."""
+    t = config.temperature
+    t_text = f"T = {t:.2f}" if isinstance(t, (int, float)) else f"one T per label, {min(t):.2f} to {max(t):.2f}"
+    ece = ((config.calibration or {}).get("test") or {})
+    before, after = (ece.get("before") or {}).get("ece"), (ece.get("after") or {}).get("ece")
+    extra = f"; test ECE {_num(before)} raw, {_num(after)} calibrated" if before is not None else ""
+    return f"probabilities **calibrated** by temperature scaling ({t_text}, fitted on the validation split{extra})"
 
 
 def choices(adapters) -> list[tuple[str, str]]:

@@ -244,17 +244,19 @@ def test_compare_table(server, workspace):
             "broken/no-backbone"]
     table = server["client"].predict(handle_file(ct_path()), keys, api_name="/compare")
     headers, rows = table["headers"], table["data"]
-    assert headers[:7] == ["adapter", "method", "backbone", "dataset", "top class", "probability", "latency ms"]
+    assert headers[:8] == ["adapter", "method", "backbone", "dataset", "top class", "probability", "calibrated",
+                           "latency ms"]
     assert len(rows) == 3
     for row in rows[:2]:
         rec = dict(zip(headers, row))
         assert rec["top class"] in CLASSES and 0 < float(rec["probability"]) <= 1 and float(rec["latency ms"]) > 0
+        assert rec["calibrated"] in (False, "false", "False")  # these test adapters have no temperature
     assert "error" in dict(zip(headers, rows[2]))["note"]  # one broken adapter does not hide the others
 
 
 def test_leaderboard_api_has_paper_and_local_rows(server):
     client = server["client"]
-    board, summary, *_ = client.predict([], [], [], [], [], api_name="/leaderboard")
+    board, summary, *_ = client.predict([], [], [], [], [], None, api_name="/leaderboard")
     recs = [dict(zip(board["headers"], r)) for r in board["data"]]
     paper = [r for r in recs if r["source"] == "Dutt et al. 2024 (reported)"]
     assert any(r["backbone"] == "resnet50" and r["dataset"] == "breastus" and r["method"] == "ssf"
@@ -263,7 +265,8 @@ def test_leaderboard_api_has_paper_and_local_rows(server):
     assert {(r["method"], r["mean ± std"]) for r in local} == {("bitfit", "81.0 ± 1.0"), ("lora", "77.0 ± 1.0")}
     srecs = [dict(zip(summary["headers"], r)) for r in summary["data"]]
     assert any(r["source"] == "local" and r["method"] == "bitfit" and float(r["average rank"]) == 1.0 for r in srecs)
-    board, *_ = client.predict(["classification"], ["resnet50"], ["breastus"], [], ["local"], api_name="/leaderboard")
+    board, *_ = client.predict(["classification"], ["resnet50"], ["breastus"], [], ["local"], None,
+                               api_name="/leaderboard")
     assert len(board["data"]) == 2
 
 

@@ -49,7 +49,7 @@ def train_args(zip_path: Path, *, epochs: int = 3, img: int = 64, hpo: bool = Fa
 
 
 def summary_of(outputs: tuple) -> dict:
-    return outputs[4]  # the Run details (JSON) output
+    return outputs[5]  # the Run details (JSON) output
 
 
 def wait_for(job, predicate, timeout: float = 120.0):
@@ -121,6 +121,8 @@ def test_train_on_uploaded_digits_zip(server, workspace, trained):
     assert not summary["stopped_early_by_user"] and summary["epochs_run"] <= 3
     assert "macro-F1" in final[2] and "Test results" in final[2]
     assert final[3] is not None and final[3]["type"] == "matplotlib"  # the confusion matrix plot
+    assert final[4] and Path(final[4]).is_file()  # the reliability diagram (raw and calibrated)
+    assert "Calibration" in final[2] and "ECE" in final[2]
     # Live updates: a curve per epoch while it trained.
     curves = [out for out in trained["job"].outputs() if out[1] is not None and "epoch" in out[0]]
     assert curves, "no per-epoch curve was streamed"
@@ -131,7 +133,7 @@ def test_train_on_uploaded_digits_zip(server, workspace, trained):
     assert (run_dir / "results.json").is_file()
     key = summary["adapter_key"]
     assert key == f"trained/{run_dir.name}/seed_0/adapter"
-    adapter_update = final[8]
+    adapter_update = final[9]
     assert adapter_update["value"] == key and key in [v for _, v in adapter_update["choices"]]
     listed = {a["key"]: a for a in server["client"].predict(api_name="/adapters")}
     assert listed[key]["class_names"] == CLASSES and listed[key]["method"] == "ssf"

@@ -69,7 +69,8 @@ def test_rescan_updates_the_pickers_of_every_tab(demo):
 def test_leaderboard_view_keys_and_filters(demo):
     tab = demo.medpeft_tabs["leaderboard"]
     out = tab.view(["classification"], [], ["breastus"], [], [])
-    assert set(out) == {tab.board, tab.summary, tab.pareto, tab.volume, *tab.filters.values()}
+    assert set(out) == {tab.board, tab.summary, tab.groups, tab.attribute, tab.pareto, tab.volume,
+                        *tab.filters.values()}
     assert len(out[tab.board]) and set(out[tab.board]["dataset"]) == {"breastus"}
     assert out[tab.filters["dataset"]]["value"] == ["breastus"]
 

@@ -19,6 +19,20 @@ _SEX = {"f": "F", "female": "F", "woman": "F", "w": "F", "m": "M", "male": "M", 
 _FITZPATRICK = {1: "I-II", 2: "I-II", 3: "III-IV", 4: "III-IV", 5: "V-VI", 6: "V-VI"}
 
 
+def group_order(value: str) -> tuple:
+    """Sort key of subgroup values: age bins youngest first ('<40', '40-59', ..., '80+'), skin types
+    I-II before III-IV, other values alphabetically, 'unknown' last."""
+    import re
+
+    text = str(value)
+    if text == UNKNOWN:
+        return (2, 0.0, text)
+    m = re.match(r"^(<)?(\d+)", text)
+    if m:
+        return (0, float(m.group(2)) - (0.5 if m.group(1) else 0.0), text)
+    return (1, 0.0, text)
+
+
 def normalise_sex(values: Iterable) -> np.ndarray:
     """'F'/'female'/'Female' -> 'F', 'M'/'male' -> 'M'; anything else (NaN, 'O', 'unknown') -> 'unknown'."""
     return np.asarray([_SEX.get(str(v).strip().lower(), UNKNOWN) for v in values], dtype=str)

@@ -31,7 +31,8 @@ from PIL import Image
 from torch import nn
 
 from adapters import BackboneError, MethodError, NotMergeable, family_of, merge_method
-from adapters.io import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, apply_method, load_adapter_weights, read_config
+from adapters.io import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, apply_method, load_adapter_weights, read_config, \
+    scale_logits
 
 from ..data.images import to_rgb
 from ..data.transforms import build_transforms, pre_resize
@@ -45,6 +46,7 @@ class Prediction(NamedTuple):
     probs: dict[str, float]      # class name -> probability (softmax; sigmoid for multi-label)
     seen: Image.Image            # the preprocessed image the model saw (de-normalised)
     latency_ms: float            # preprocessing + forward pass
+    calibrated: bool = False     # probabilities from logits / T (the adapter's validation temperature)
 
     @property
     def top(self) -> tuple[str, float]:
@@ -256,11 +258,12 @@ class Predictor:
         x, seen = self._tensor(lm, image)
         with lm.lock, torch.inference_mode():
             logits = lm.model(x)
-        logits = logits.float().cpu()[0]
+        logits = scale_logits(logits.float().cpu()[0], lm.config.temperature)  # calibrated where fitted
         probs = torch.sigmoid(logits) if lm.config.task == "multilabel" else torch.softmax(logits, dim=0)
         latency = (time.perf_counter() - t0) * 1000
         names = unique_labels(class_names(lm.config))
-        return Prediction({n: float(p) for n, p in zip(names, probs.tolist())}, seen, latency)
+        return Prediction({n: float(p) for n, p in zip(names, probs.tolist())}, seen, latency,
+                          calibrated=lm.config.temperature is not None)
 
     def explain(self, adapter: AdapterInfo | str | os.PathLike, image: Image.Image,
                 class_idx: int | None = None) -> Image.Image:

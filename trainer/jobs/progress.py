@@ -27,7 +27,7 @@ def elapsed(seconds: float) -> str:
 def metric_label(metric: str, short: bool = False) -> str:
     if metric == "f1_macro":
         return "F1" if short else "macro-F1"
-    return metric
+    return {"auroc": "AUROC"}.get(metric, metric)
 
 
 class TrainProgress:

@@ -29,7 +29,10 @@ from ..config import ConfigError, TrainConfig
 from ..data.transforms import cache_size_for
 from ..run_dir import RunDir, RunExistsError, RunResults
 from .optim import build_optimizer, build_scheduler, make_accelerator, train_step
-from .metrics import aggregate, classification_metrics, headline, undefined_notes
+from .precision import config_runtime, loader_options, model_runtime, prepare_model
+from .assess import aggregate_assessments, assess_seed, card_calibration, evaluate, predict, \
+    selection_score, worst_group_score, assessment_lines
+from .metrics import aggregate, classification_metrics, headline, loss_for, undefined_notes
 
 ReportFn = Callable[[int, float], None]  # (epoch, validation headline) -> may raise optuna.TrialPruned
 ProgressFn = Callable[[dict], None]  # live events for a UI: {"kind": "epoch" | "step", ...}
@@ -40,11 +43,21 @@ __all__ = ["RunExistsError", "run", "train_seed", "build_loaders", "evaluate", "
 
 
 def load_data(cfg: TrainConfig):
-    from ..data import load_dataset
+    from ..data import dataset_parameters, load_dataset
 
     if cfg.data_dir is None:
         raise ConfigError(f"--data-dir is required for dataset {cfg.dataset!r}")
-    return load_dataset(cfg.dataset, cfg.data_dir, **cfg.dataset_options)
+    options = dict(cfg.dataset_options)
+    for key in ("group_columns", "age_bins"):  # subgroup flags, for the loaders that take them
+        if getattr(cfg, key) is not None:
+            if key not in dataset_parameters(cfg.dataset):
+                raise ConfigError(f"--{key.replace('_', '-')}: dataset {cfg.dataset!r} has no such subgroups")
+            options[key] = getattr(cfg, key)
+    index = load_dataset(cfg.dataset, cfg.data_dir, **options)
+    if cfg.select_on == "worst_group" and not index.subgroups:
+        raise ConfigError(f"--select-on worst_group needs subgroups, and {index.name} carries none here "
+                          f"(csv / imagefolder: name metadata columns with --group-columns)")
+    return index
 
 
 def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
@@ -54,6 +67,12 @@ def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
     dcfg = data_config(model)
     if cfg.img_size:
         dcfg["input_size"] = [3, cfg.img_size, cfg.img_size]
+    if cfg.normalization:  # e.g. MED-PEFT's MRM / CXR-MAE statistics
+        from adapters.checkpoints import normalization
+
+        dcfg["mean"], dcfg["std"] = normalization(cfg.normalization)
+    if cfg.mean is not None:
+        dcfg["mean"], dcfg["std"] = [float(cfg.mean)] * 3, [float(cfg.std)] * 3
     dcfg[PRE_RESIZE] = pre_resize_config(dcfg)
     return dcfg
 
@@ -69,7 +88,8 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
 
     cfg.validate()
     RunDir.check_can_start(cfg)
-    accelerator = make_accelerator(cfg.mixed_precision)
+    rt = config_runtime(cfg)  # precision, memory format, fused AdamW, ... (trainer/loops/precision.py)
+    accelerator = make_accelerator(rt.precision, non_blocking=rt.non_blocking)
     t0 = time.time()
     # The data is read, decoded and split once before anything is written in the run folder: a bad
     # layout, an unreadable image or a split that leaves a class empty fails with nothing left behind.
@@ -80,10 +100,18 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
     dcfg = model_data_config(probe, cfg)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir).parent / ".cache"
     with accelerator.main_process_first():
-        cache = build_image_cache(index, cache_dir, cache_size_for(dcfg), workers=max(1, cfg.num_workers),
+        cache = build_image_cache(index, cache_dir, cache_size_for(dcfg), workers=max(1, rt.num_workers),
                                   skip_bad=cfg.skip_bad_images, progress=accelerator.is_main_process)
     index = cache.index
-    check_splits(cfg, index)
+    listed = None
+    if cfg.split_lists:  # MED-PEFT's official lists: exactly the listed images (and, by default, their labels)
+        from ..data.split_lists import splits_from_lists
+
+        index, listed, list_report = splits_from_lists(index, cfg.split_lists, cfg.label_fraction, cfg.labels_from)
+        index.notes = list(getattr(index, "notes", [])) + [list_report.summary()]
+        accelerator.print(list_report.summary())
+    else:
+        check_splits(cfg, index)
     run_dir = RunDir.prepare(cfg)
     if accelerator.is_main_process:
         run_dir.save_config(cfg)
@@ -92,10 +120,11 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
         if stop is not None and stop.is_set() and per_seed:
             break
         per_seed.append(train_seed(cfg, index, cache, dcfg, seed, run_dir, accelerator, report,
-                                   progress, stop))
+                                   progress, stop, listed=listed))
     results = summarise(cfg, index, per_seed, run_dir, time.time() - t0)
     results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
     results["num_processes"] = accelerator.num_processes  # torchrun / accelerate launch ranks that trained
+    results["runtime"] = rt.record()  # the precision, memory format, compile and checkpointing used
     if accelerator.is_main_process:
         run_dir.write_results(results)
         print(format_summary(results))
@@ -131,8 +160,7 @@ def build_loaders(cfg, index, cache, dcfg, splits, seed):
     # Workers are started anew each epoch (not persistent): their seeds then come from the loader's
     # generator, reseeded per epoch, so a resumed run draws the same augmentations as an uninterrupted one.
     # (Forking workers over the memory-mapped image cache costs little.)
-    kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, persistent_workers=False,
-              pin_memory=torch.cuda.is_available())
+    kw = dict(batch_size=cfg.batch_size, persistent_workers=False, **loader_options(cfg))
     mk = torch.utils.data.DataLoader
     train = mk(CachedImageDataset(cache, index.labels, splits["train"], train_tf), shuffle=True, generator=g,
                drop_last=len(splits["train"]) > cfg.batch_size, **kw)
@@ -141,29 +169,10 @@ def build_loaders(cfg, index, cache, dcfg, splits, seed):
     return train, val, test
 
 
-def _loss_fn(index, cfg):
-    if index.multilabel:
-        return nn.BCEWithLogitsLoss()
-    return nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-
-
-@torch.no_grad()
-def evaluate(model, loader, accelerator, class_names, multilabel, desc: str = "evaluating") -> dict:
-    """Metrics over the whole split: every process's shard gathered (each image counted once)."""
-    model.eval()
-    all_logits, all_targets = [], []
-    for x, y in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False, dynamic_ncols=True):
-        with accelerator.autocast():
-            logits = model(x)
-        logits, y = accelerator.gather_for_metrics((logits.float(), y))
-        all_logits.append(logits.cpu())
-        all_targets.append(y.cpu())
-    return classification_metrics(torch.cat(all_logits), torch.cat(all_targets), class_names, multilabel)
-
-
 def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: RunDir, accelerator,
                report: ReportFn | None = None, progress: ProgressFn | None = None,
-               stop: threading.Event | None = None) -> dict:
+               stop: threading.Event | None = None, listed: dict | None = None) -> dict:
+    """One training seed; ``listed``: fixed splits (split lists) instead of drawn ones."""
     from accelerate.utils import set_seed
 
     from ..data import load_splits, make_splits, save_splits
@@ -173,6 +182,11 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     split_path = run_dir.splits_path(seed)
     if cfg.resume and split_path.exists():
         splits = load_splits(split_path, index)
+    elif listed is not None:
+        splits = listed
+        if accelerator.is_main_process:
+            save_splits(splits, index, split_path, meta={"split_lists": cfg.split_lists, "label_fraction":
+                                                         cfg.label_fraction, "labels_from": cfg.labels_from})
     else:
         # One split for every training seed (split_seed) unless --resplit-per-seed; the subsample of a
         # --fraction run is drawn with the split, so it is shared too.
@@ -182,8 +196,18 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
             save_splits(splits, index, split_path, meta={"split_seed": cfg.split_seed_for(seed), "train_seed": seed})
     set_seed(seed)
     backbone = cfg.resolved_backbone()
-    model = create_backbone(backbone, len(index.class_names), pretrained=cfg.pretrained, img_size=cfg.img_size)
+    model = create_backbone(backbone, len(index.class_names), pretrained=cfg.pretrained, img_size=cfg.img_size,
+                            init_checkpoint=cfg.init_checkpoint, global_pool=cfg.global_pool, fc_norm=cfg.fc_norm,
+                            drop_path_rate=cfg.drop_path)
+    init_report = getattr(model, "medpeft_init_report", None)
+    if init_report is not None:
+        accelerator.print(f"[seed {seed}] {init_report.summary()}")
+    vit_pool = getattr(model, "global_pool", None)  # a ViT's pooling as built (recorded so inference matches)
+    pooling = (vit_pool, not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)) \
+        if isinstance(vit_pool, str) else (None, None)
     model = apply_method(model, cfg.method, **cfg.hparams)
+    rt = model_runtime(cfg, model)
+    model = prepare_model(model, rt)  # channels_last (CNNs on CUDA), --grad-checkpointing, --compile
     trainable, total = count_params(model)
     train_dl, val_dl, test_dl = build_loaders(cfg, index, cache, dcfg, splits, seed)
     # ---- BEGIN linear probe on cached features (trainer/features.py) ------------------------------------
@@ -205,11 +229,12 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     steps = math.ceil(len(train_dl) / accelerator.num_processes)
     if cfg.max_steps_per_epoch is not None:
         steps = min(steps, cfg.max_steps_per_epoch)
-    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
+                          fused=rt.fused_optimizer)
     sched = build_scheduler(opt, cfg.epochs, steps * accelerator.num_processes, cfg.warmup_epochs)
     loader_gen = getattr(train_dl, "generator", None)  # reseeded each epoch (exact resume)
     model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
-    loss_fn = _loss_fn(index, cfg)
+    loss_fn = loss_for(index.multilabel, cfg.label_smoothing)
     plain = accelerator.unwrap_model(model) if full_model is None else full_model  # see the cached-feature branch
     state = {"epoch": 0, "best": -math.inf, "best_epoch": -1, "bad_epochs": 0, "history": []}
     ckpt = run_dir.checkpoint_dir(seed)
@@ -251,8 +276,12 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
                 progress({"kind": "step", "seed": seed, "epoch": epoch, "step": step + 1, "steps": steps,
                           "loss": total_loss / n_batches})
         bar.close()
-        val = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel, f"seed {seed} val")
+        val_out = predict(model, val_dl, accelerator, f"seed {seed} val")
+        val = classification_metrics(*val_out, index.class_names, index.multilabel)
         score = headline(val)
+        if cfg.select_on == "worst_group":  # FairTune: the epoch whose worst subgroup scores highest
+            val["worst_group_score"] = worst_group_score(*val_out, index, splits["val"], cfg.min_group_size)
+            score = val["worst_group_score"] if val["worst_group_score"] is not None else -math.inf
         improved = score > state["best"]
         if improved:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
@@ -286,15 +315,24 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
 
     accelerator.wait_for_everyone()
     load_adapter_weights(plain, best_path)
-    test = evaluate(model, test_dl, accelerator, index.class_names, index.multilabel, f"seed {seed} test")
-    val_best = evaluate(model, val_dl, accelerator, index.class_names, index.multilabel, f"seed {seed} val (best)")
+    test_out = predict(model, test_dl, accelerator, f"seed {seed} test")
+    val_out = predict(model, val_dl, accelerator, f"seed {seed} val (best)")
+    test = classification_metrics(*test_out, index.class_names, index.multilabel)
+    val_best = classification_metrics(*val_out, index.class_names, index.multilabel)
+    # calibration (temperature fitted on val), subgroups, the test interval, the reliability diagram
+    assessment = assess_seed(val_out, test_out, index, splits, out if main else None, seed=seed,
+                             min_group_size=cfg.min_group_size, n_resamples=cfg.bootstrap_resamples)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     if main:
         acfg = AdapterConfig(
             method=cfg.method, backbone=backbone, num_classes=len(index.class_names), pretrained=cfg.pretrained,
             class_names=list(index.class_names), hparams=dict(cfg.hparams),
             task="multilabel" if index.multilabel else "classification", data_config=dcfg, img_size=cfg.img_size,
+            init_checkpoint=cfg.init_checkpoint, init_report=init_report.to_dict() if init_report else None,
+            global_pool=pooling[0] if cfg.init_checkpoint or cfg.global_pool else None,
+            fc_norm=pooling[1] if pooling[0] is not None and (cfg.init_checkpoint or cfg.fc_norm is not None) else None,
             dataset=cfg.dataset, metrics={f"test_{k}": v for k, v in test.items() if isinstance(v, float)},
+            temperature=assessment["calibration"]["temperature"], calibration=card_calibration(assessment),
             training={"seed": seed, "best_epoch": state["best_epoch"], "epochs": cfg.epochs, "lr": cfg.lr,
                       "batch_size": cfg.batch_size, "fraction": cfg.fraction,
                       "n_train": len(splits["train"]), "splits": "splits.json"})
@@ -303,20 +341,22 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     return {"seed": seed, "val": val_best, "test": test, "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"], "trainable_params": trainable, "total_params": total,
             "wall_time_s": wall, "peak_memory_bytes": peak,
-            "split_seed": cfg.split_seed_for(seed), "split_sizes": {k: len(v) for k, v in splits.items()}}
+            "split_seed": cfg.split_seed_for(seed), "split_sizes": {k: len(v) for k, v in splits.items()},
+            "init_report": init_report.to_dict() if init_report else None, "assessment": assessment}
 
 
 def summarise(cfg: TrainConfig, index, per_seed: list[dict], run_dir: RunDir, wall: float) -> dict:
     """The run's results.json contents (:meth:`trainer.run_dir.RunResults.create`): the adapter of the
     seed with the best validation headline is the run's adapter."""
-    best = max(per_seed, key=lambda r: headline(r["val"]))
+    best = max(per_seed, key=lambda r: selection_score(r, cfg.select_on))
     return RunResults.create(
         cfg, task="multilabel" if index.multilabel else "classification", backbone=cfg.resolved_backbone(),
         per_seed=per_seed, adapter_dir=run_dir.adapter_rel(best["seed"]),
         metrics={"test": aggregate([r["test"] for r in per_seed]), "val": aggregate([r["val"] for r in per_seed])},
         wall_time_s=wall, data_notes=list(getattr(index, "notes", [])) + [
             n for r in per_seed for n in undefined_notes(r["test"], f"test split (seed {r['seed']})")],
-        class_names=list(index.class_names), headline=per_seed[0]["test"]["headline"]).data
+        class_names=list(index.class_names), headline=per_seed[0]["test"]["headline"], selected_on=cfg.select_on,
+        **aggregate_assessments(per_seed, best["seed"])).data
 
 
 def format_summary(results: dict) -> str:
@@ -326,6 +366,7 @@ def format_summary(results: dict) -> str:
     for k in dict.fromkeys((key, "f1_macro", "accuracy", "balanced_accuracy", "auroc")):
         if k in t:
             lines.append(f"  test {k:18s} {100 * t[k]['mean']:6.2f} +- {100 * t[k]['std']:.2f}")
+    lines += assessment_lines(results)
     tr, tot = results["trainable_params"], results["total_params"]
     lines.append(f"  trainable params   {tr:,} of {tot:,} ({100 * tr / tot:.3f}%)")
     return "\n".join(lines)

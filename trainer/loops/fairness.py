@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
 
-from ..data.subgroups import UNKNOWN
+from ..data.subgroups import UNKNOWN, group_order
 from .metrics import IGNORE, classification_metrics
 
 MIN_GROUP_SIZE = 30
@@ -44,7 +44,7 @@ def group_scores(logits, targets, values, class_names, multilabel: bool = False,
     logits, targets = _tensor(logits).float(), _tensor(targets)
     values = np.asarray(values).astype(str)
     out = {}
-    for value in sorted(set(values.tolist())):
+    for value in sorted(set(values.tolist()), key=group_order):
         rows = torch.as_tensor(np.flatnonzero(values == value))
         entry = {"n": int(len(rows)), "scored": len(rows) >= min_size, "score": None, "accuracy": None}
         if entry["scored"]:

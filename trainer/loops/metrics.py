@@ -133,3 +133,16 @@ def aggregate(per_seed: list[dict]) -> dict:
         std = float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
         out[k] = {"mean": float(arr.mean()), "std": std if not math.isnan(std) else 0.0, "values": vals}
     return out
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE over the known labels only: a target of -1 (IGNORE, e.g. CheXpert's uncertain labels under
+    the ``ignore`` policy) is left out of the loss, as it is of the metrics."""
+    known = target >= 0
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, target.clamp(min=0), reduction="none")
+    return (loss * known).sum() / known.sum().clamp(min=1)
+
+
+def loss_for(multilabel: bool, label_smoothing: float = 0.0):
+    """The training loss: masked BCE for multi-label, cross-entropy (with label smoothing) otherwise."""
+    return masked_bce if multilabel else torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)

@@ -298,7 +298,7 @@ def _search_run(trial, cfg: TrainConfig) -> float:
 
     results = run(cfg, report=report)
     trial.set_user_attr("test", results["metrics"]["test"][results["headline"]]["mean"])
-    return results["metrics"]["val"][results["headline"]]["mean"]
+    return hpo.validation_objective(results)
 
 
 def _seed_run(cfg: TrainConfig) -> dict:

@@ -14,7 +14,7 @@ from ..config import FIELDS, ConfigError, TrainConfig
 from . import hpo
 
 GRID_KEYS = ("method", "dataset", "backbone", "fraction")
-HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges")
+HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective")
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,15 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
     data_dirs = grid.get("data_dirs") or {}
     if cell.dataset in data_dirs:
         values["data_dir"] = str(data_dirs[cell.dataset])
+    lists = grid.get("split_lists") or {}
+    if cell.dataset in lists:  # MED-PEFT: the fraction axis picks train_1 / train_10 / train_list
+        values.update(split_lists=str(lists[cell.dataset]), label_fraction=int(round(cell.fraction * 100)),
+                      fraction=1.0)
+    objective = (grid.get("hpo") or {}).get("objective", "headline")
+    if objective not in hpo.OBJECTIVES:
+        raise ConfigError(f"hpo objective must be one of {', '.join(hpo.OBJECTIVES)}, got {objective!r}")
+    if objective != "headline":  # FairTune: search, select epochs and seeds on the worst subgroup
+        values["select_on"] = objective
     values.setdefault("cache_dir", str(Path(results_dir) / ".cache" / cell.dataset))
     values.setdefault("lr", hpo.default_lr(values.get("task", "classification"), cell.method))
     return TrainConfig(**values).validate()

@@ -110,6 +110,18 @@ def trial_config(base: TrainConfig, trial, study_dir: Path, fixed: Iterable[str]
     return cfg
 
 
+OBJECTIVES = ("headline", "worst_group")
+
+
+def validation_objective(results: dict) -> float:
+    """What a search maximises, from a run's results.json: the validation headline (mean over its
+    seeds), or for a run selected on ``worst_group`` (FairTune) its worst subgroup's validation score."""
+    if results.get("selected_on") == "worst_group":
+        worst = (((results.get("fairness") or {}).get("val") or {}).get("worst_group_score") or {}).get("mean")
+        return float(worst) if worst is not None else float("-inf")
+    return results["metrics"]["val"][results["headline"]]["mean"]
+
+
 def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None, fixed: Iterable[str] = ()):
     import optuna
 
@@ -127,7 +139,7 @@ def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = N
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {score:.4f})")
 
         results = train(cfg, report=report)
-        val = results["metrics"]["val"][results["headline"]]["mean"]
+        val = validation_objective(results)
         trial.set_user_attr("output_dir", cfg.output_dir)
         trial.set_user_attr("test", results["metrics"]["test"][results["headline"]]["mean"])
         return val
@@ -184,9 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-resource", type=int, default=None,
                    help="ASHA: epoch of the first rung (default: the first epoch after the warm-up, at least 3)")
     p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/eta per rung")
+    p.add_argument("--objective", choices=OBJECTIVES, default="headline",
+                   help="what the search maximises on validation: the headline score, or worst_group, the "
+                        "lowest-scoring patient subgroup (FairTune; epochs are then selected on it too)")
     args, rest = p.parse_known_args(argv)
     try:
-        base = parse_config(rest)
+        base = parse_config(rest + (["--select-on", args.objective] if args.objective != "headline" else []))
         study_dir = Path(base.output_dir)
         study_dir.mkdir(parents=True, exist_ok=True)
         name = args.study_name or f"{base.method}-{base.dataset}"

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from .efficiency import efficiency_rows
+from .fairness_views import fairness_table, subgroup_attributes, subgroup_view
 from .report_plots import data_volume_plot, efficiency_plot, pareto_plot
 from .results import LOWER_IS_BETTER, REFERENCE_SOURCE, all_rows, format_score, local_rows, ranks, reference_rows
 
@@ -79,6 +80,21 @@ def _markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def fairness_markdown(local: pd.DataFrame) -> list[str]:
+    """The report's fairness section: per cell, worst subgroup and calibration; per attribute, the
+    test score of every group (local runs only: the paper reported neither)."""
+    table = fairness_table(local)
+    if not len(table):
+        return []
+    md = ["## Fairness and calibration per cell", "",
+          "Test split, mean over seeds: the lowest-scoring subgroup over every attribute (groups under the "
+          "minimum size are not scored) and the expected calibration error (15 bins) before and after "
+          "temperature scaling fitted on validation.", "", _markdown(table), ""]
+    for attr in subgroup_attributes(local):
+        md += [f"### Test score by {attr}", "", _markdown(subgroup_view(local, attr).drop(columns="path")), ""]
+    return md
+
+
 class NoResultsError(ValueError):
     """The results folder is missing or holds no MedPEFT results.json: there is nothing to report."""
 
@@ -113,7 +129,8 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
             view = mine.drop(columns=["task", "path"]).round({"mean": 4, "std": 4, "peak_memory_gb": 2,
                                                               "seconds_per_epoch": 2, "adapter_mb": 3})
             md += ["## Efficiency per run (trainable parameters, peak GPU memory, time per epoch, adapter "
-                   "size, chosen hyper-parameters)", "", _markdown(view.fillna("")), ""]
+                   "size, chosen hyper-parameters)", "", _markdown(view.astype(object).fillna("")), ""]
+        md += fairness_markdown(local[local["task"] == task])
         path = out / f"{task}.md"
         path.write_text("\n".join(md))
         csv = out / f"{task}.csv"

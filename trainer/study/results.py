@@ -33,11 +33,13 @@ log = logging.getLogger(__name__)
 
 REFERENCE_CSV = Path(__file__).resolve().parents[1] / "reference" / "dutt2024_reported.csv"
 REFERENCE_SOURCE = "Dutt et al. 2024 (reported)"
+MEDPEFT_CSV = REFERENCE_CSV.with_name("medpeft2024_reported.csv")
+MEDPEFT_SOURCE = "MED-PEFT 2024 (reported)"
 LOCAL_SOURCE = "local"
 
 COLUMNS = ["task", "backbone", "backbone_full", "dataset", "method", "metric", "mean", "std", "n_seeds",
            "trainable_params", "trainable_params_text", "total_params", "fraction", "n_train", "source",
-           "table", "path", "note"]
+           "table", "path", "note", "worst_group", "worst_group_name", "ece", "ece_calibrated", "subgroups"]
 LOWER_IS_BETTER = {"fid"}
 METRIC_LABELS = {"f1_macro": "F1 (%)", "fid": "FID", "auroc": "AUROC (%)", "accuracy": "accuracy (%)"}
 PERCENT_METRICS = {"f1_macro", "auroc", "accuracy", "balanced_accuracy"}
@@ -94,7 +96,8 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
         if c not in df:
             df[c] = None
     df = df[COLUMNS]
-    for c in ("mean", "std", "trainable_params", "total_params", "fraction", "n_train", "n_seeds"):
+    for c in ("mean", "std", "trainable_params", "total_params", "fraction", "n_train", "n_seeds", "worst_group",
+              "ece", "ece_calibrated"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype(float)
     return df
 
@@ -184,11 +187,31 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
             "total_params": data.get("total_params"),
             "fraction": float(fraction) if isinstance(fraction, (int, float)) else 1.0,
             "n_train": data.get("n_train"), "source": LOCAL_SOURCE, "table": "", "path": rel,
-            "note": cached_features_note(data),
+            "note": cached_features_note(data), **assessment_columns(data),
         }
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         log.warning("skipping %s: malformed MedPEFT results (%s: %s)", path, type(e).__name__, e)
         return None
+
+
+def assessment_columns(data: dict) -> dict:
+    """A run's fairness and calibration columns: the worst subgroup's test score (mean over seeds; the
+    lowest over attributes) and which group it is, the test ECE raw and temperature-scaled, and
+    ``subgroups`` {attribute: {group: mean test score}} for the per-attribute view."""
+    fairness = ((data.get("fairness") or {}).get("test")) or {}
+    out: dict[str, Any] = {"worst_group": math.nan, "worst_group_name": "", "subgroups": None}
+    attrs = fairness.get("attributes") or {}
+    worst = [(a["worst_score"]["mean"], f"{name}={a['worst_group']}") for name, a in attrs.items()
+             if a.get("worst_score") and a.get("worst_group") is not None]
+    if worst:
+        out["worst_group"], out["worst_group_name"] = min(worst)
+    if attrs:
+        out["subgroups"] = {name: {g: (v.get("score") or {}).get("mean") for g, v in a["groups"].items()
+                                   if v.get("scored")} for name, a in attrs.items()}
+    cal = ((data.get("calibration") or {}).get("test")) or {}
+    out["ece"] = ((cal.get("before") or {}).get("ece") or {}).get("mean", math.nan)
+    out["ece_calibrated"] = ((cal.get("after") or {}).get("ece") or {}).get("mean", math.nan)
+    return out
 
 
 def find_results(root: str | os.PathLike) -> list[Path]:
@@ -215,8 +238,28 @@ def local_rows(root: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.Data
     return _frame(rows)
 
 
+def medpeft_rows(path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The numbers MED-PEFT (Lian et al. 2024, arXiv 2401.12215) reports that the project sources
+    (``trainer/reference/medpeft2024_reported.csv``): mean AUROC per label fraction of its split lists."""
+    path = Path(path) if path else MEDPEFT_CSV
+    ref = pd.read_csv(path, keep_default_na=False, na_values={"mean": [""], "spread": [""]})
+    rows = []
+    for _, r in ref.iterrows():
+        spread = float(r["spread"]) / 100.0 if str(r["spread"]) != "" else math.nan
+        params = str(r["trainable_params_reported"] or "").strip()
+        rows.append({
+            "task": r["task"], "backbone": backbone_key(r["backbone"]), "backbone_full": r["backbone"],
+            "dataset": r["dataset"], "method": r["method"], "metric": str(r["metric"]), "mean": float(r["mean"]),
+            "std": spread, "n_seeds": math.nan, "trainable_params": parse_param_count(params),
+            "trainable_params_text": params, "total_params": math.nan,
+            "fraction": float(r["label_fraction"]) / 100.0, "n_train": math.nan, "source": MEDPEFT_SOURCE,
+            "table": f"{r['foundation']} foundation", "path": str(path.name), "note": str(r["note"]),
+        })
+    return _frame(rows)
+
+
 def all_rows(root: str | os.PathLike | Iterable | None = None, reference: bool = True) -> pd.DataFrame:
-    parts = [reference_rows()] if reference else []
+    parts = [reference_rows(), medpeft_rows()] if reference else []
     if root is not None:
         parts.append(local_rows(root))
     parts = [p for p in parts if len(p)]
@@ -235,8 +278,8 @@ def format_score(metric: str, mean: float, std: float) -> str:
     return s + (f" ± {std:.2f}" if std == std and std is not None else "")
 
 
-LEADERBOARD_COLUMNS = ["task", "backbone", "dataset", "method", "metric", "mean ± std", "trainable params",
-                       "source", "fraction", "n_train", "note"]
+LEADERBOARD_COLUMNS = ["task", "backbone", "dataset", "method", "metric", "mean ± std", "worst group", "ECE",
+                       "trainable params", "source", "fraction", "n_train", "note"]
 CACHED_FEATURES_NOTE = "head trained on cached features: no augmentation"
 
 
@@ -252,6 +295,10 @@ def leaderboard(df: pd.DataFrame) -> pd.DataFrame:
         "task": d["task"], "backbone": d["backbone"], "dataset": d["dataset"], "method": d["method"],
         "metric": [METRIC_LABELS.get(m, m) for m in d["metric"]],
         "mean ± std": [format_score(m, a, s) for m, a, s in zip(d["metric"], d["mean"], d["std"])],
+        "worst group": [f"{format_score(m, w, math.nan)} ({n})" if w == w else ""
+                        for m, w, n in zip(d["metric"], d["worst_group"], d["worst_group_name"])],
+        "ECE": [f"{e:.3f} → {c:.3f}" if e == e and c == c else (f"{e:.3f}" if e == e else "")
+                for e, c in zip(d["ece"], d["ece_calibrated"])],
         "trainable params": [t or format_params(p) for t, p in zip(d["trainable_params_text"].fillna(""),
                                                                     d["trainable_params"])],
         "source": d["source"],

@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from ..loops.metrics import aggregate, headline
+from ..loops.assess import aggregate_assessments, selection_score
+from ..loops.metrics import aggregate
 from ..run_dir import RunResults
 
 
@@ -21,7 +22,11 @@ def merge_seed_results(runs: list[dict], folders: list[str]) -> dict:
     merged["metrics"] = {split: aggregate([p[split] for p in per_seed])
                          for split in ("test", "val") if per_seed and all(p.get(split) for p in per_seed)}
     with_val = [k for k, p in enumerate(per_seed) if p.get("val")]
-    best = max(with_val, key=lambda k: headline(per_seed[k]["val"])) if with_val else 0
+    select_on = merged.get("selected_on") or "headline"
+    best = max(with_val, key=lambda k: selection_score(per_seed[k], select_on)) if with_val else 0
+    for key in ("fairness", "calibration", "test_interval"):  # seed 0's: recomputed over every seed
+        merged.pop(key, None)
+    merged.update(aggregate_assessments(per_seed, per_seed[best]["seed"]))
     merged["adapter_dir"] = f"{folders[best]}/{runs[best]['adapter_dir']}"
     merged["seed_runs"] = list(folders)
     merged["wall_time_s"] = sum(float(r.get("wall_time_s") or 0.0) for r in runs)

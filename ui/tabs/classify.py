@@ -19,7 +19,8 @@ from ..shared import TabContext
 from ..state import ALL
 
 FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
-COMPARE_COLUMNS = ["adapter", "method", "backbone", "dataset", "top class", "probability", "latency ms", "note"]
+COMPARE_COLUMNS = ["adapter", "method", "backbone", "dataset", "top class", "probability", "calibrated", "latency ms",
+                   "note"]
 
 
 def load_upload(path: str):
@@ -71,7 +72,7 @@ class ClassifyTab:
                 self.compare_box = gr.CheckboxGroup(views.choices(state.classifiers()), label="Adapters to compare")
                 self.compare_btn = gr.Button("Compare", variant="secondary")
                 self.compare_out = gr.Dataframe(label="Comparison", interactive=False, wrap=True,
-                                                column_widths=["22%", "10%", "18%", "11%", "13%", "9%", "8%", "9%"])
+                                                column_widths=["20%", "9%", "16%", "10%", "12%", "8%", "7%", "8%", "10%"])
         p = ctx.pickers
         p.dataset_dd, p.task_dd, p.adapter_dd, p.compare_box, p.status_md = (
             self.dataset_dd, self.task_dd, self.adapter_dd, self.compare_box, self.status_md)
@@ -121,6 +122,8 @@ class ClassifyTab:
                               "`python -m trainer` (see About).")
         if adapter.task == "multilabel":
             details.append("multi-label: independent sigmoid probabilities (they need not sum to 1)")
+        details.append(views.calibration_text(lm.config) if pred.calibrated else
+                       "probabilities are **not calibrated** (raw softmax / sigmoid; this adapter has no temperature)")
         details.append(views.DISCLAIMER)
         return {self.label_out: pred.probs, self.seen_out: self.files.save(pred.seen, "input"),
                 self.cam_out: self.files.save(heat, "gradcam"), self.details_out: "\n\n".join(details)}
@@ -140,10 +143,12 @@ class ClassifyTab:
             try:
                 pred = self.state.predictor.predict(adapter, image)
                 top, p = pred.top
-                row.update({"top class": top, "probability": round(p, 4), "latency ms": round(pred.latency_ms, 1),
+                row.update({"top class": top, "probability": round(p, 4), "calibrated": pred.calibrated,
+                            "latency ms": round(pred.latency_ms, 1),
                             "note": "demo: ImageNet classes" if adapter.is_demo else ""})
             except (InferenceError, ValueError) as e:  # one failing adapter must not hide the others
-                row.update({"top class": "", "probability": None, "latency ms": None, "note": f"error: {e}"})
+                row.update({"top class": "", "probability": None, "calibrated": None, "latency ms": None,
+                            "note": f"error: {e}"})
             rows.append(row)
         return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 

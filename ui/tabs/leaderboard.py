@@ -8,6 +8,7 @@ import pandas as pd
 
 from trainer.study import plots
 from trainer.study import results as R
+from trainer.study.fairness_views import subgroup_attributes, subgroup_view
 
 from ..shared import TabContext
 
@@ -32,25 +33,40 @@ class LeaderboardTab:
             self.refresh_btn = gr.Button("Refresh (re-read results)", variant="secondary", size="sm")
             self.board = gr.Dataframe(R.leaderboard(rows), label="Results", interactive=False, wrap=True,
                                       max_height=420, show_search="search",
-                                      column_widths=["12%", "9%", "11%", "12%", "7%", "9%", "8%", "15%", "8%", "7%"])
+                                      column_widths=["8%", "8%", "9%", "9%", "6%", "9%", "10%", "8%", "7%", "10%",
+                                                     "5%", "5%", "6%"])
             gr.Markdown("**Summary** (as in the paper's tables): average score over datasets and average rank "
                         "(methods ranked within each backbone × dataset; 1 = best).")
             self.summary = gr.Dataframe(R.summary(rows), label="Average score and rank per method",
                                         interactive=False, max_height=360, wrap=True,
                                         column_widths=["15%", "13%", "10%", "7%", "12%", "6%", "8%", "9%", "8%",
                                                        "9%"])
+            attributes = subgroup_attributes(rows)
+            gr.Markdown("**Subgroups** (your runs; the paper reported none): the test score of every patient "
+                        "subgroup of one attribute, the gap between the best and worst group, and the worst group. "
+                        "The table above shows each run's worst group over all attributes and its ECE (raw → "
+                        "temperature-scaled).")
+            self.attribute = gr.Dropdown(attributes, value=attributes[0] if attributes else None,
+                                         label="Subgroup attribute", allow_custom_value=False)
+            self.groups = gr.Dataframe(subgroup_view(rows, attributes[0]) if attributes else None,
+                                       label="Test score per subgroup", interactive=False, wrap=True, max_height=360)
             self.pareto = gr.Plot(plots.pareto_plot(rows), label="Score vs trainable parameters")
             volume = plots.data_volume_plot(rows)
             self.volume = gr.Plot(volume, label="Score vs training data volume", visible=volume is not None)
         filters = [self.filters[c] for c in FILTERS]
-        gr.on([self.refresh_btn.click, *(f.input for f in filters)], self.view, filters,
-              [self.board, self.summary, self.pareto, self.volume, *filters], api_name="leaderboard")
+        gr.on([self.refresh_btn.click, self.attribute.input, *(f.input for f in filters)], self.view,
+              [*filters, self.attribute], [self.board, self.summary, self.groups, self.attribute, self.pareto,
+                                           self.volume, *filters], api_name="leaderboard")
 
-    def view(self, task, backbone, dataset, method, source) -> dict:
+    def view(self, task, backbone, dataset, method, source, attribute=None) -> dict:
         chosen = dict(zip(FILTERS, (task, backbone, dataset, method, source)))
         df = self.state.result_rows()
         d = R.filter_rows(df, **chosen)
         volume = plots.data_volume_plot(d)
+        attributes = subgroup_attributes(d)
+        attribute = attribute if attribute in attributes else (attributes[0] if attributes else None)
         return {self.board: R.leaderboard(d), self.summary: R.summary(d), self.pareto: plots.pareto_plot(d),
+                self.groups: subgroup_view(d, attribute) if attribute else None,
+                self.attribute: gr.update(choices=attributes, value=attribute),
                 self.volume: gr.update(value=volume, visible=volume is not None),
                 **{self.filters[c]: gr.update(choices=options_of(df, c), value=chosen[c] or []) for c in FILTERS}}

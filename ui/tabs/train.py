@@ -108,6 +108,8 @@ class TrainTab:
                     self.curve_plot = gr.Plot(label="Validation F1 and training loss per epoch", elem_id="train-curve")
                     self.metrics_md = gr.Markdown(elem_id="train-metrics")
                     self.cm_plot = gr.Plot(label="Confusion matrix (test split)", elem_id="train-confusion")
+                    self.reliability_img = gr.Image(label="Reliability diagram (test split, raw and calibrated)",
+                                                    type="filepath", interactive=False, elem_id="train-reliability")
                     with gr.Accordion("Push the adapter to the Hugging Face Hub", open=False):
                         self.push_key = gr.Dropdown(views.choices(self.state.local_classifiers()), value=None,
                                                     allow_custom_value=True, label="Adapter")
@@ -134,8 +136,8 @@ class TrainTab:
 
         def wire_train():  # it updates the adapter lists of the Classify and Generate tabs
             p = self.ctx.pickers
-            outputs = [self.status, self.curve_plot, self.metrics_md, self.cm_plot, self.run_json, self.push_key,
-                       p.dataset_dd, p.task_dd, p.adapter_dd, p.compare_box, p.gen_adapter, p.status_md,
+            outputs = [self.status, self.curve_plot, self.metrics_md, self.cm_plot, self.reliability_img, self.run_json,
+                       self.push_key, p.dataset_dd, p.task_dd, p.adapter_dd, p.compare_box, p.gen_adapter, p.status_md,
                        self.train_note]
             self.train_btn.click(self.train, inputs, outputs, api_name="train", concurrency_limit=1,
                                  concurrency_id="train", show_progress="full", show_progress_on=[self.curve_plot])
@@ -231,7 +233,7 @@ class TrainTab:
             reading = ("unpacking the upload safely and counting images per class" if dataset == UPLOAD
                        else f"reading {dataset} from {data_dir}")
             yield {self.status: views.train_status_html("Checking the dataset", reading), self.curve_plot: None,
-                   self.metrics_md: "", self.cm_plot: None, self.run_json: None, self.train_note: ""}
+                   self.metrics_md: "", self.cm_plot: None, self.reliability_img: None, self.run_json: None, self.train_note: ""}
             ds_name, root, check = resolve_dataset(zip_file, dataset, data_dir, work,
                                                    self.state.settings.data_roots)
             if not check.ok:
@@ -247,7 +249,7 @@ class TrainTab:
             run = TrainRun(session, job, work=work, run_dir=run_dir, progress=TrainProgress(cfg.epochs, trials))
             self.sessions.start(run)
             yield {self.status: self.status_html(run), self.curve_plot: None, self.metrics_md: "",
-                   self.cm_plot: None, self.run_json: None, self.train_note: ""}
+                   self.cm_plot: None, self.reliability_img: None, self.run_json: None, self.train_note: ""}
             last, results = time.monotonic(), None
             for ev in run.follow():
                 if ev["kind"] == "epoch":
@@ -294,7 +296,10 @@ class TrainTab:
         detail = (f"test {metric_label(metric)} {pct(test.get(metric))} · {elapsed(progress.seconds())} · "
                   "adapter selected on the Classify tab")
         p = self.ctx.pickers
+        reliability = (seed.get("assessment") or {}).get("reliability")
+        reliability = adapter_folder.parent / reliability if reliability else None  # beside seed_N/adapter
         out = {self.status: views.train_status_html(done, detail, 1.0), self.metrics_md: md, self.cm_plot: cm,
+               self.reliability_img: str(reliability) if reliability and reliability.is_file() else None,
                self.run_json: summary,
                self.push_key: gr.update(choices=views.choices(state.local_classifiers()), value=key),
                **p.updates(state, ALL, ALL, key), p.task_dd: gr.update(value=ALL)}

@@ -28,6 +28,12 @@ DATASETS: dict[str, Callable[..., DatasetIndex]] = {
 }
 
 
+def dataset_parameters(name: str) -> list[str]:
+    """The options dataset `name`'s loader accepts (besides data_dir); [] for an unknown name."""
+    loader = DATASETS.get(str(name).lower())
+    return [p for p in inspect.signature(loader).parameters if p != "data_dir"] if loader else []
+
+
 def load_dataset(name: str, data_dir, **options) -> DatasetIndex:
     """Load dataset `name` (a key of DATASETS) from data_dir with its loader's options."""
     loader = DATASETS.get(str(name).lower())
@@ -40,6 +46,6 @@ def load_dataset(name: str, data_dir, **options) -> DatasetIndex:
     return loader(data_dir, **options)
 
 
-__all__ = ["DATASETS", "load_dataset", "read_nih_labels", "read_rsna_labels", "load_ham10000", "load_breastus",
+__all__ = ["DATASETS", "dataset_parameters", "load_dataset", "read_nih_labels", "read_rsna_labels", "load_ham10000", "load_breastus",
            "load_fitzpatrick17k", "load_smdg", "load_rsna_pneumonia", "load_chestxray14", "load_chexpert",
            "read_chexpert_labels", "load_imagefolder", "load_csv"]
