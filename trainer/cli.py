@@ -135,6 +135,9 @@ def _arg_type(name: str):
 def _metavar(name: str) -> str:
     if name in CHOICES:
         return "{" + ",".join(CHOICES[name]) + "}"
+    special = {"age_bins": "EDGES", "group_columns": "COLUMNS", "init_checkpoint": "PATH", "split_lists": "DIR"}
+    if name in special:
+        return special[name]
     kind = _arg_type(name)
     return "N" if kind is int else "X" if kind is float else "DIR" if name.endswith("_dir") else "NAME"
 
