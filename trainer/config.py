@@ -281,6 +281,11 @@ def dataset_names(task: str = "classification") -> list[str]:
 
 
 def _check_combinations(cfg: TrainConfig) -> None:
+    if cfg.group_columns is not None:
+        from .data.subgroups import parse_columns
+
+        if not parse_columns(cfg.group_columns):
+            raise ConfigError("--group-columns: name at least one metadata column, e.g. sex,age")
     if cfg.age_bins is not None:
         from .data import DataError
         from .data.subgroups import check_age_bins

@@ -151,6 +151,18 @@ CASES: dict[str, tuple[list[str], str]] = {
     "hub_base_model_offline": (gen(), "HF_HUB_OFFLINE"),
     "generation_data_dir_checked_first": (gen()[:7] + ["{missing}"] + gen()[8:], "does not exist"),
     "generation_without_base_model": (gen()[:-2], "no base model"),
+    # subgroups, calibration and selection (issue 14)
+    "group_columns_empty": (good() + ["--group-columns", ",,"], "name at least one metadata column"),
+    "group_columns_unknown": (good() + ["--group-columns", "sex"], "metadata"),
+    "group_columns_on_a_fixed_dataset": (good() + ["--dataset", "ham10000", "--group-columns", "sex"],
+                                         "no such subgroups"),
+    "age_bins_not_numbers": (good() + ["--age-bins", "young,old"], "--age-bins"),
+    "age_bins_decreasing": (good() + ["--age-bins", "60,40"], "increasing"),
+    "age_bins_without_ages": (good() + ["--dataset", "fitzpatrick17k", "--age-bins", "40,60"], "no such subgroups"),
+    "bootstrap_negative": (good() + ["--bootstrap-resamples", "-1"], "--bootstrap-resamples"),
+    "min_group_size_zero": (good() + ["--min-group-size", "0"], "--min-group-size"),
+    "select_on_unknown": (good() + ["--select-on", "fairest"], "--select-on"),
+    "worst_group_without_subgroups": (good() + ["--select-on", "worst_group"], "needs subgroups"),
 }
 
 
