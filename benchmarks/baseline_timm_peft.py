@@ -37,26 +37,7 @@ from torchvision.datasets import ImageFolder
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project's adapters, when run as a script
 
 from adapters import apply_method  # noqa: E402
-
-
-def _rss(field: str) -> int | None:
-    """``VmRSS`` / ``VmHWM`` of this process in bytes (Linux), else None."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current resident size
-    except OSError:
-        pass
+from trainer.study.perf.memory import proc_status, reset_peak_rss, timed_epochs  # noqa: E402  (measuring only)
 
 
 def run_baseline(folder: str, backbone: str, method: str, batch_size: int, epochs: int, device: str,
@@ -67,8 +48,8 @@ def run_baseline(folder: str, backbone: str, method: str, batch_size: int, epoch
     cuda = torch.device(device).type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    _reset_peak_rss()
-    rss_before = _rss("VmRSS")
+    reset_peak_rss()
+    rss_before = proc_status("VmRSS")
 
     torch.manual_seed(0)
     # A ViT's input size is fixed when it is built; a CNN takes any size (its transform is told).
@@ -100,15 +81,7 @@ def run_baseline(folder: str, backbone: str, method: str, batch_size: int, epoch
         epoch_s.append(time.perf_counter() - t0)
         images.append(seen)
 
-    timed = slice(1, None) if epochs >= 2 else slice(None)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        hwm = _rss("VmHWM")
-        peak = hwm - rss_before if hwm is not None and rss_before is not None else None
-    return {"images_per_s": sum(images[timed]) / sum(epoch_s[timed]), "peak_mem_bytes": peak,
-            "epoch_s": epoch_s, "images_per_epoch": images[0], "timed_epochs": len(epoch_s[timed]),
-            "precision": "fp32", "memory_format": "contiguous", "num_workers": num_workers,
+    return {**timed_epochs(epoch_s, images, cuda, rss_before), "precision": "fp32", "memory_format": "contiguous", "num_workers": num_workers,
             "input_size": list(config["input_size"])}
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from .bench import Bench, ROOT, TARGETS
-from .memory import child_env, proc_status, reset_peak_rss
+from .memory import child_env, proc_status, reset_peak_rss, timed_epochs
 
 EPOCHS_TAG = "MEDPEFT_PERF_EPOCHS "
 BASELINE_SCRIPT = ROOT / "benchmarks" / "baseline_timm_peft.py"
@@ -119,15 +119,7 @@ def trainer_epochs(spec: dict) -> dict:
         _sync(cuda)
         epoch_s.append(time.perf_counter() - t0)
         images.append(seen)
-    timed = slice(1, None) if len(epoch_s) >= 2 else slice(None)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated()
-    else:
-        hwm = proc_status("VmHWM")
-        peak = hwm - rss_before if hwm is not None and rss_before is not None else None
-    return {"images_per_s": sum(images[timed]) / sum(epoch_s[timed]), "peak_mem_bytes": peak,
-            "epoch_s": epoch_s, "images_per_epoch": images[0], "timed_epochs": len(epoch_s[timed]),
-            "cache_build_s": cache_s, "trainable_params": trainable, "total_params": total,
+    return {**timed_epochs(epoch_s, images, cuda, rss_before), "cache_build_s": cache_s, "trainable_params": trainable, "total_params": total,
             "runtime": rt.record(), "input_size": list(dcfg["input_size"])}
 
 

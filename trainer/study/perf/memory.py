@@ -32,6 +32,22 @@ def proc_status(field: str) -> int | None:
     return None
 
 
+def timed_epochs(epoch_s: list[float], images: list[int], cuda: bool, rss_before: int | None) -> dict:
+    """Throughput and peak memory of a few training epochs, as both sides of ``--vs-baseline`` report
+    them: images/s over the epochs after the first (a warm-up) when there are two or more; peak memory
+    from CUDA's allocator, or on CPU this process's peak resident size above ``rss_before``."""
+    import torch
+
+    timed = slice(1, None) if len(epoch_s) >= 2 else slice(None)
+    if cuda:
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        hwm = proc_status("VmHWM")
+        peak = hwm - rss_before if hwm is not None and rss_before is not None else None
+    return {"images_per_s": sum(images[timed]) / sum(epoch_s[timed]), "peak_mem_bytes": peak,
+            "epoch_s": list(epoch_s), "images_per_epoch": images[0], "timed_epochs": len(epoch_s[timed])}
+
+
 def reset_peak_rss() -> bool:
     try:
         with open("/proc/self/clear_refs", "w") as f:
