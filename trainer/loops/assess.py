@@ -1,9 +1,10 @@
 """Judging a model on a split: its predictions, metrics, and beyond the headline, calibration,
 subgroups and an interval.
 
-:func:`predict` gathers a split's logits in split order; :func:`evaluate` scores them. After the best-validation checkpoint is tested, :func:`assess_seed` takes the whole validation and test
-splits' logits (gathered over processes, in split order) and returns what results.json, the adapter
-config and the model card carry:
+:func:`predict` gathers a split's logits in split order; :func:`evaluate` scores them. After the
+best-validation checkpoint is tested, :func:`assess_seed` takes the whole validation and test splits'
+logits (gathered over processes, in split order) and returns what results.json, the adapter config
+and the model card carry:
 
 - ``calibration`` (trainer.loops.calibration): ECE (15 bins), Brier and NLL on val and test, before and
   after temperature scaling fitted on validation only; the temperature goes into the adapter config.

@@ -319,9 +319,9 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     val_out = predict(model, val_dl, accelerator, f"seed {seed} val (best)")
     test = classification_metrics(*test_out, index.class_names, index.multilabel)
     val_best = classification_metrics(*val_out, index.class_names, index.multilabel)
-    # calibration (temperature fitted on val), subgroups, the test interval, the reliability diagram
+    # calibration (temperature fitted on val) and subgroups; the test interval and diagram on the main process
     assessment = assess_seed(val_out, test_out, index, splits, out if main else None, seed=seed,
-                             min_group_size=cfg.min_group_size, n_resamples=cfg.bootstrap_resamples)
+                             min_group_size=cfg.min_group_size, n_resamples=cfg.bootstrap_resamples if main else 0)
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     if main:
         acfg = AdapterConfig(

@@ -215,8 +215,8 @@ def split_features(cfg, model: nn.Module, index, cache, dcfg: dict, splits: dict
         t0 = time.time()
         for split, (rows, path, key) in todo.items():
             ds = CachedImageDataset(cache, index.labels, rows, eval_tf)
-            dl = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, num_workers=loader_options(cfg, torch.device(device).type)["num_workers"],
-                            pin_memory=torch.device(device).type == "cuda")
+            loading = loader_options(cfg, torch.device(device).type)  # workers; pinned memory on CUDA
+            dl = DataLoader(ds, batch_size=cfg.batch_size * 2, shuffle=False, **loading)
             feats = extract(on_device, dl, device, autocast, desc=f"features ({split})")
             save_features(path, feats, rows, {"backbone": backbone, "split": split, "key": key,
                                               "pretrained": cfg.pretrained, "n": len(rows)})
