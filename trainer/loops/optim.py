@@ -23,6 +23,7 @@ def setup_cuda_backends() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
 
 
 def make_accelerator(mixed_precision: str = "no", non_blocking: bool = False):

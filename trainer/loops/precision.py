@@ -192,11 +192,3 @@ def prepare_model(model: nn.Module, rt: Runtime) -> nn.Module:
 def is_compiled(model: nn.Module) -> bool:
     """Whether :func:`prepare_model` compiled ``model`` (in place)."""
     return getattr(model, "_compiled_call_impl", None) is not None
-
-
-def setup_backends(rt: Runtime) -> None:
-    """TF32 matmuls and convolutions and cuDNN autotuning when the runtime asks for them."""
-    if rt.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True

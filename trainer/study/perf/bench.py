@@ -48,12 +48,11 @@ class Bench:
 # --------------------------------------------------------------------------------------------- setup
 
 def setup_backends(device: str) -> None:
-    """CUDA only: TF32 matmuls/convolutions and cuDNN autotuning (fixed input shapes)."""
+    """CUDA only: TF32 matmuls/convolutions and cuDNN autotuning, as the trainer sets them."""
     if torch.device(device).type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-        torch.set_float32_matmul_precision("high")
+        from ...loops.optim import setup_cuda_backends
+
+        setup_cuda_backends()
 
 
 def autocast_for(bench: Bench) -> Callable[[], contextlib.AbstractContextManager]:
