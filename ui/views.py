@@ -172,7 +172,7 @@ def assessment_markdown(assessment: dict) -> list[str]:
         b, a = cal["test"]["before"], cal["test"]["after"]
         t = cal["temperature"]
         t_text = f"{t:.2f}" if isinstance(t, (int, float)) else f"{min(t):.2f} to {max(t):.2f} (per label)"
-        lines += ["", f"**Calibration** (test split; temperature T = {t_text} fitted on validation):",
+        lines += ["", f"**Calibration** (test split; temperature T = {t_text} fitted on validation):", "",
                   "| | ECE | Brier | NLL |", "|---|---:|---:|---:|",
                   f"| raw | {_num(b['ece'])} | {_num(b['brier'])} | {_num(b['nll'])} |",
                   f"| calibrated | {_num(a['ece'])} | {_num(a['brier'])} | {_num(a['nll'])} |"]
@@ -180,7 +180,7 @@ def assessment_markdown(assessment: dict) -> list[str]:
     for attr, entry in ((test or {}).get("attributes") or {}).items():
         lines += ["", f"**Subgroups by {attr}** (test split, {metric_label(test['headline'])}; worst "
                       f"{entry['worst_group'] or 'n/a'}, gap {pct(entry['gap'])}, equalized-odds difference "
-                      f"{_num(entry['equalized_odds_difference'])}):",
+                      f"{_num(entry['equalized_odds_difference'])}):", "",
                   "| group | images | score | accuracy |", "|---|---:|---:|---:|"]
         for value, g in entry["groups"].items():
             score = pct(g["score"]) if g["scored"] else f"too small (< {test['min_group_size']})"
