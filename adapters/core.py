@@ -95,23 +95,35 @@ class _EvalModeBN:
         return super().train(False)
 
 
-_FROZEN_BN_CLASSES: dict[type, type] = {}
+_MIXED: dict[tuple[type, type], type] = {}
+
+
+def add_mixin(module: nn.Module, mixin: type, prefix: str) -> None:
+    """Give ``module`` the class ``<prefix><Class>(mixin, Class)`` (made once per pair and cached), so
+    that ``isinstance(module, mixin)`` marks it while it keeps its own behaviour; :func:`remove_mixin`
+    undoes it. Already mixed: nothing happens."""
+    cls = type(module)
+    if issubclass(cls, mixin):
+        return
+    if (cls, mixin) not in _MIXED:
+        _MIXED[(cls, mixin)] = type(f"{prefix}{cls.__name__}", (mixin, cls), {})
+    module.__class__ = _MIXED[(cls, mixin)]
+
+
+def remove_mixin(module: nn.Module, mixin: type) -> None:
+    """Undo :func:`add_mixin`: the module gets back its own class."""
+    cls = type(module)
+    if issubclass(cls, mixin):
+        module.__class__ = cls.__mro__[2]  # (<prefix>X, mixin, X)
 
 
 def freeze_bn_stats(bn: nn.Module) -> None:
-    cls = type(bn)
-    if issubclass(cls, _EvalModeBN):
-        return
-    if cls not in _FROZEN_BN_CLASSES:
-        _FROZEN_BN_CLASSES[cls] = type(f"FrozenStats{cls.__name__}", (_EvalModeBN, cls), {})
-    bn.__class__ = _FROZEN_BN_CLASSES[cls]
+    add_mixin(bn, _EvalModeBN, "FrozenStats")
     bn.eval()
 
 
 def unfreeze_bn_stats(bn: nn.Module) -> None:
-    cls = type(bn)
-    if issubclass(cls, _EvalModeBN):
-        bn.__class__ = cls.__mro__[2]  # (FrozenStatsX, _EvalModeBN, X)
+    remove_mixin(bn, _EvalModeBN)
 
 
 def train_params(model: nn.Module, select: Callable[[str, nn.Module, str], bool]) -> int:
@@ -123,6 +135,16 @@ def train_params(model: nn.Module, select: Callable[[str, nn.Module, str], bool]
             if select(mname, module, pname):
                 p.requires_grad_(True)
                 n += 1
+    return n
+
+
+def train_modules(model: nn.Module, names: Iterable[str]) -> int:
+    """Switch on every parameter of the named submodules; returns how many tensors."""
+    n = 0
+    for name in names:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+            n += 1
     return n
 
 

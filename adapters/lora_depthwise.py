@@ -25,29 +25,20 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .core import MethodError
-
-_MARKED: dict[type, type] = {}
-
+from .core import MethodError, add_mixin, remove_mixin
 
 class DepthwiseMarker:
     """Mixin marking a depthwise Conv2d that gets :class:`DepthwiseLoRA` (dispatch key for peft)."""
 
 
 def mark_depthwise(conv: nn.Conv2d) -> None:
-    cls = type(conv)
-    if issubclass(cls, DepthwiseMarker):
-        return
-    if cls not in _MARKED:
-        _MARKED[cls] = type(f"Depthwise{cls.__name__}", (DepthwiseMarker, cls), {})
-    conv.__class__ = _MARKED[cls]
+    add_mixin(conv, DepthwiseMarker, "Depthwise")
 
 
 def unmark_all(model: nn.Module) -> nn.Module:
     """Undo :func:`mark_depthwise` on every conv of ``model`` (after merging); returns the model."""
     for m in model.modules():
-        if isinstance(m, DepthwiseMarker):
-            m.__class__ = type(m).__mro__[2]  # (DepthwiseX, DepthwiseMarker, X)
+        remove_mixin(m, DepthwiseMarker)
     return model
 
 

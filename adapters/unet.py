@@ -63,7 +63,7 @@ import torch
 from torch import nn
 
 from .backbones import BackboneError
-from .core import bias_param, freeze, merge_selective, train_params
+from .core import bias_param, freeze, merge_selective, train_modules, train_params
 from .registry import Method, register
 
 NORM_TYPES_UNET = (nn.GroupNorm, nn.LayerNorm)
@@ -157,12 +157,7 @@ def attention_projection_names(model: nn.Module) -> list[str]:
 
 def train_attention_projections(model: nn.Module) -> int:
     """Switch on the weights and biases of every attention projection; returns how many tensors."""
-    n = 0
-    for name in attention_projection_names(model):
-        for p in model.get_submodule(name).parameters():
-            p.requires_grad_(True)
-            n += 1
-    return n
+    return train_modules(model, attention_projection_names(model))
 
 
 def is_transformer_block(module: nn.Module) -> bool:
@@ -185,12 +180,7 @@ def transformer_block_names(model: nn.Module) -> list[str]:
 
 def train_transformer_blocks(model: nn.Module) -> int:
     """Switch on every parameter of every ``Transformer2DModel`` block; returns how many tensors."""
-    n = 0
-    for name in transformer_block_names(model):
-        for p in model.get_submodule(name).parameters():
-            p.requires_grad_(True)
-            n += 1
-    return n
+    return train_modules(model, transformer_block_names(model))
 
 
 def norm_param(_m: str, module: nn.Module, _p: str) -> bool:
