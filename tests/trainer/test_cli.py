@@ -163,13 +163,9 @@ def test_two_hpo_workers_share_one_study(shapes, tmp_path):
 @pytest.mark.slow
 def test_two_process_distributed_cpu_run(shapes, tmp_path):
     out = tmp_path / "ddp"
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "trainer", *tiny_args(shapes, out)]
+    # --standalone: torchrun binds a free port itself (a port picked here could be taken before it starts)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "trainer", *tiny_args(shapes, out)]
     proc = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
