@@ -1,5 +1,10 @@
 """What the app holds while it serves: the adapters it knows (rescanned on request), the shared
-predictor and generator, the settings, and the unique output files it hands to the browser."""
+predictor and generator, the settings, and the unique output files it hands to the browser.
+
+In public mode (``settings.is_public``) the operator's adapters (the adapters folder, the Hub zoo)
+are everyone's, and each visitor also sees their own private adapters (``private:<run>/...`` keys,
+from :class:`trainer.jobs.private.PrivateStore`): the listing and lookup methods below read the
+calling visitor from :func:`ui.visitors.current_owner`."""
 from __future__ import annotations
 
 import collections
@@ -13,12 +18,15 @@ from pathlib import Path
 import pandas as pd
 
 from trainer.infer import AdapterList, Generator, InferenceError, Predictor, find_adapters
+from trainer.jobs.private import PrivateStore
 from trainer.study import results as R
 
 from .settings import Settings
+from .visitors import current_owner
 
 log = logging.getLogger("medpeft.app")
 ALL = "All"
+PRIVATE_PREFIX = "private:"
 
 
 class AppState:
@@ -29,7 +37,64 @@ class AppState:
         self.predictor = predictor
         self.generator = generator
         self._lock = threading.Lock()
-        self.adapters = AdapterList()
+        self.operator_adapters = AdapterList()  # the adapters folder and the Hub zoo: everyone's
+        self.private: PrivateStore | None = None
+        if settings.is_public:
+            import tempfile
+
+            root = settings.private_dir or Path(tempfile.mkdtemp(prefix="medpeft-private-"))
+            self.private = PrivateStore(root, ttl=settings.private_ttl)
+
+    @property
+    def public(self) -> bool:
+        return self.settings.is_public
+
+    @property
+    def adapters(self) -> AdapterList:
+        """The adapters the calling visitor may use: the operator's, then (public mode) their own."""
+        mine = self.private_adapters()
+        if not mine:
+            return self.operator_adapters
+        return AdapterList([*mine, *self.operator_adapters], self.operator_adapters.messages)
+
+    def private_adapters(self, owner: str | None = None) -> list:
+        """The calling visitor's (or ``owner``'s) private adapters, keyed ``private:<run>/seed_N/adapter``."""
+        owner = owner or current_owner()
+        if self.private is None or not owner:
+            return []
+        folder = self.private.trained_dir(owner)
+        if not folder.is_dir():
+            return []
+        found = find_adapters(folder, None)
+        for a in found:
+            a.key = PRIVATE_PREFIX + a.key
+            a.name = "yours: " + a.name
+        return list(found)
+
+    def run_root(self) -> Path:
+        """Where the calling visitor's Train-tab runs go: the adapters folder (local mode) or their
+        private folder (public mode)."""
+        if self.private is None:
+            return self.adapters_dir
+        owner = current_owner()
+        if not owner:
+            raise InferenceError("this server could not tell who you are: reload the page and try again")
+        return self.private.owner_dir(owner)
+
+    def location(self, path: str | os.PathLike) -> str:
+        """How to name ``path`` to the user: as is (local mode), or without the server's folders."""
+        if not self.public:
+            return str(path)
+        path = Path(path)
+        if self.private is not None:
+            owner = current_owner()
+            if owner:
+                try:
+                    return "your private adapters: " + path.resolve().relative_to(
+                        self.private.trained_dir(owner).resolve()).as_posix()
+                except ValueError:
+                    pass
+        return path.name
 
     @property
     def adapters_dir(self) -> Path:
@@ -45,9 +110,14 @@ class AppState:
 
     def scan(self) -> AdapterList:
         found = find_adapters(self.adapters_dir, self.hub_repos, endpoint=self.hub_endpoint)
+        if self.public:  # messages name the server's folders: keep them in the log only
+            for m in found.messages:
+                log.warning(m)
+            found.messages = [f"{len(found.messages)} adapter folder(s) or Hub repo(s) could not be read "
+                              "(details in the server log)"] if found.messages else []
         with self._lock:
-            self.adapters = found
-        return found
+            self.operator_adapters = found
+        return self.adapters
 
     def classifiers(self) -> list:
         return [a for a in self.adapters if a.task != "generation"]
@@ -58,12 +128,23 @@ class AppState:
     def local_classifiers(self) -> list:
         return [a for a in self.classifiers() if a.source == "local"]
 
+    def pushable(self) -> list:
+        """Adapters the calling visitor may download or push: in public mode only their own."""
+        if self.public:
+            return [a for a in self.private_adapters() if a.task != "generation"]
+        return self.local_classifiers()
+
     def get(self, key: str | None, kind: str = "classification"):
         if not key:
             raise InferenceError("choose an adapter first" if self.classifiers() else
-                                 f"no adapters found in {self.adapters_dir}: train one with python -m trainer")
+                                 f"no adapters found in {self.location(self.adapters_dir)}: train one with "
+                                 "python -m trainer")
         a = self.adapters.get(key)
         if a is None:
+            if str(key).startswith(PRIVATE_PREFIX) and self.private is not None:
+                raise InferenceError(f"unknown adapter {key!r}: private adapters are kept "
+                                     f"{self.settings.private_ttl / 3600:g} h and only for the visitor who "
+                                     "trained them (press 'Rescan adapters')")
             raise InferenceError(f"unknown adapter {key!r}: press 'Rescan adapters' or choose one from the list")
         if kind == "classification" and a.task == "generation":
             raise InferenceError(f"{a.name} is a text-to-image adapter: use it on the Generate tab")
