@@ -132,7 +132,7 @@ def visitor_script(app: App, image: bytes) -> list[tuple[str, callable]]:
         steps.append(("adapters", lambda h, s: app.call(h, s, "adapters", [])))
     if app.has("classify"):
         def classify(h, s, cam):
-            keys = [a["key"] for a in app.call(h, s, "adapters", []) if a["task"] != "generation"]
+            keys = [a["key"] for a in app.call(h, s, "adapters", [])[0] if a["task"] != "generation"]
             f = app.upload(h, "retina.png", image)
             return app.call(h, s, "classify", [f, keys[0] if keys else None, cam])
 
@@ -140,7 +140,7 @@ def visitor_script(app: App, image: bytes) -> list[tuple[str, callable]]:
         steps.append(("classify_gradcam", lambda h, s: classify(h, s, True)))
         if app.has("compare"):
             def compare(h, s):
-                keys = [a["key"] for a in app.call(h, s, "adapters", []) if a["task"] != "generation"][:2]
+                keys = [a["key"] for a in app.call(h, s, "adapters", [])[0] if a["task"] != "generation"][:2]
                 return app.call(h, s, "compare", [app.upload(h, "retina.png", image), keys])
 
             steps.append(("compare", compare))
@@ -149,10 +149,10 @@ def visitor_script(app: App, image: bytes) -> list[tuple[str, callable]]:
     return steps
 
 
-def drive(app: App, sessions: int, concurrency: int, image: bytes, results: dict | None = None) -> dict:
+def drive(app: App, sessions: int, concurrency: int, image: bytes, calls: list[str] | None = None) -> dict:
     """Run ``sessions`` fresh sessions, ``concurrency`` at a time; latencies in ms per call name."""
-    results = results if results is not None else {"latency_ms": {}, "session_ms": [], "errors": {}, "calls": 0}
-    steps = visitor_script(app, image)
+    results = {"latency_ms": {}, "session_ms": [], "errors": {}, "calls": 0}
+    steps = [(n, f) for n, f in visitor_script(app, image) if not calls or n in calls or n == "echo"]
     lock = threading.Lock()
     local = threading.local()
 
@@ -183,13 +183,13 @@ def drive(app: App, sessions: int, concurrency: int, image: bytes, results: dict
 
 
 def measure(url: str, sessions: int, warmup: int, concurrency: int, image: bytes, pid: int | None,
-            temp_dir: str | None) -> dict:
+            temp_dir: str | None, calls: list[str] | None = None) -> dict:
     app = App(url)
-    drive(app, warmup, concurrency, image)
+    drive(app, warmup, concurrency, image, calls)
     time.sleep(0.5)
     rss0 = rss_mb(pid) if pid else None
     t0 = time.perf_counter()
-    res = drive(app, sessions, concurrency, image)
+    res = drive(app, sessions, concurrency, image, calls)
     wall = time.perf_counter() - t0
     time.sleep(0.5)
     rss1 = rss_mb(pid) if pid else None
@@ -277,12 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, help="the server's process id, for RSS growth per session (/proc)")
     p.add_argument("--temp-dir", default=os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio"),
                    help="Gradio's temp folder, whose size is reported (default $GRADIO_TEMP_DIR or <tmp>/gradio)")
+    p.add_argument("--calls", default="", help="comma-separated subset of current_adapters, adapters, classify, "
+                                               "classify_gradcam, compare (default: all)")
     p.add_argument("--no-baseline", action="store_true", help="skip the bare Gradio app")
     p.add_argument("--max-growth-mb", type=float, default=40.0, help="target: RSS growth over the measured sessions")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
     image = example_image()
-    out = measure(args.url, args.sessions, args.warmup, args.concurrency, image, args.pid, args.temp_dir)
+    calls = [c.strip() for c in args.calls.split(",") if c.strip()] or None
+    out = measure(args.url, args.sessions, args.warmup, args.concurrency, image, args.pid, args.temp_dir, calls)
     if args.pid and not args.no_baseline and "rss_mb" in out:
         base = baseline(args.sessions, args.warmup, args.concurrency, image)
         out["baseline"] = {k: base.get(k) for k in ("rss_mb", "latency_ms", "errors", "throughput_calls_per_s")}

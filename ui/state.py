@@ -224,3 +224,45 @@ class OutputFiles:
             while len(self._files) > self.keep:
                 self._files.popleft().unlink(missing_ok=True)
         return str(path)
+
+
+class _Discard(dict):
+    """A mapping that keeps nothing (Gradio's per-session component configs, when unused)."""
+
+    def __setitem__(self, key, value) -> None:
+        pass
+
+
+def lean_session_state() -> bool:
+    """Make what Gradio keeps per browser session independent of the layout and of the outputs.
+
+    Gradio (6.x) builds, for every new session, the configuration of every component of the page
+    (``SessionState.config_values``: about 1.5 KB for each of this app's ~130 components, 0.2 MB a
+    session) and then copies every output value into it (the adapter list with its class names:
+    another 60 KB a session). That copy serves one feature only, deep links (``gr.DeepLinkButton``),
+    which this app does not offer. The session's own component updates (a visitor's adapter choices),
+    which Gradio does use, are kept as they are (``blocks_config``). Installed once, for the
+    process; returns whether it is installed."""
+    from gradio import state_holder
+
+    cls = state_holder.SessionState
+    if getattr(cls, "_medpeft_lean", False):
+        return True
+    if not all(hasattr(cls, m) for m in ("_update_value_in_config", "_update_config", "components")):
+        log.warning("this Gradio version's SessionState is not the one lean_session_state knows: left as is")
+        return False
+    init = cls.__init__
+
+    def __init__(self, blocks):
+        init(self, blocks)
+        if not any(type(b).__name__ == "DeepLinkButton" for b in getattr(blocks, "blocks", {}).values()):
+            self.config_values = _Discard()
+
+    def _update_value_in_config(self, key, value, _orig=cls._update_value_in_config):
+        if not isinstance(self.config_values, _Discard):
+            _orig(self, key, value)
+
+    cls.__init__ = __init__
+    cls._update_value_in_config = _update_value_in_config
+    cls._medpeft_lean = True
+    return True
