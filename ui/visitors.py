@@ -23,7 +23,7 @@ _OWNER: contextvars.ContextVar[str | None] = contextvars.ContextVar("medpeft_own
 _PROFILE: contextvars.ContextVar[object | None] = contextvars.ContextVar("medpeft_profile", default=None)
 _REQUEST_PARAM, _PROFILE_PARAM = "medpeft_request", "medpeft_profile"
 # An absolute POSIX path not inside a URL (``https://host/a/b`` is kept) and not a fraction.
-ABS_PATH = re.compile(r"(?<![\w.:/~-])(?:~|/)(?:[^\s`'\"()<>,;:|*?\[\]{}]+)")
+ABS_PATH = re.compile(r"(?<![\w.:/~<-])(?:~|/)(?:[^\s`'\"()<>,;:|*?\[\]{}]+)")
 SERVER_PATH = "<server path>"
 
 

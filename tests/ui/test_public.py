@@ -150,6 +150,28 @@ def test_gradio_file_routes_serve_no_private_or_server_file(world, visitors):
         assert r.status_code in (403, 404), path
 
 
+@pytest.mark.slow  # a real (tiny) training through the running server
+def test_a_visitors_training_is_private_and_names_no_server_path(world, visitors, tmp_path):
+    from adapters import OFFLINE_LITE0
+
+    a, b = visitors
+    data = write_digits(tmp_path / "digits", per_class=6, size=16)
+    zpath = tmp_path / "mydata.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in sorted(data.rglob("*.png")):
+            zf.write(f, f.relative_to(data.parent).as_posix())
+    out = a.predict(handle_file(str(zpath)), "upload", "", OFFLINE_LITE0, "ssf", False, 2, 1, 8, 5e-3, 32, "",
+                    api_name="/train")
+    status, _, metrics, _, _, summary = out[:6]
+    key = summary["adapter_key"]
+    assert key.startswith("private:mydata") and "deleted 24 h after training" in metrics
+    assert_no_server_path([status, metrics, summary, out[6:]], world["root"])
+    assert key in keys_of(a) and key not in keys_of(b)
+    with pytest.raises(AppError):
+        b.predict(handle_file(world["img"]), key, False, api_name="/classify")
+    assert not list((world["root"] / "runs").rglob("mydata*"))  # not in the operator's folder
+
+
 # ------------------------------------------------------------------------------------ server folders
 @pytest.mark.parametrize("data_dir", ["{root}/secret/study", "/", "{root}/roots/../secret/study", "escape",
                                       "{root}/roots/escape", "../secret/study"])
@@ -205,6 +227,7 @@ def test_private_adapter_disappears_from_the_app_after_a_tiny_ttl(tmp_path):
         demo.close()
 
 
+@pytest.mark.slow  # waits for Gradio's cache sweep
 def test_temp_files_are_deleted_after_the_cache_ttl_and_state_is_bounded(tmp_path):
     from ui.loadtest import App, drive, example_image
 
