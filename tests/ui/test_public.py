@@ -327,3 +327,20 @@ def test_jobs_longer_than_zerogpu_allows_are_refused_naming_the_limit():
     zerogpu.check_fits(short, 120)
     with pytest.raises(ConfigError, match="120 s ZeroGPU allows"):
         zerogpu.check_fits(long, 120)
+
+
+def test_space_config_suggests_zerogpu_and_preloads_the_sd_base():
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "spaces_config"
+    meta = yaml.safe_load((root / "README.md").read_text().split("---")[1])
+    assert meta["suggested_hardware"] == "zero-a10g" and meta["hf_oauth"] is True
+    assert any(line.startswith("spaces==") for line in (root / "requirements.txt").read_text().splitlines())
+    sys.path.insert(0, str(root))
+    try:
+        from deploy import space_card
+    finally:
+        sys.path.remove(str(root))
+    card = space_card((root / "README.md").read_text(), "org/sd-cxr")
+    assert "org/sd-cxr" in yaml.safe_load(card.split("---")[1])["preload_from_hub"]
+    assert space_card(card, "/local/pipeline") == card
