@@ -61,8 +61,10 @@ def space_card(text: str, sd_base: str | None) -> str:
     Stable Diffusion base is downloaded when the Space is built, not on the first generation."""
     if not sd_base or "/" not in sd_base or sd_base.startswith(("/", ".", "~")) or f"  - {sd_base}\n" in text:
         return text
-    head, sep, rest = text.partition("preload_from_hub:\n")
-    return head + sep + f"  - {sd_base}\n" + rest if sep else text
+    for key in ("models:\n", "preload_from_hub:\n"):  # preloaded models are listed as the Space's models too
+        head, sep, rest = text.partition(key)
+        text = head + sep + f"  - {sd_base}\n" + rest if sep else text
+    return text
 
 
 def parse_variables(items: list[str]) -> dict[str, str]:
