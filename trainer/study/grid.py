@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..preflight import check_number
 from ..config import FIELDS, ConfigError, TrainConfig
 from . import hpo
 
@@ -46,6 +47,10 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     bad = set(grid.get("hpo") or {}) - set(HPO_KEYS)
     if bad:
         raise ConfigError(f"{path}: unknown hpo options {sorted(bad)}; use {', '.join(HPO_KEYS)}")
+    h = grid.get("hpo") or {}
+    for key, lo in (("trials", 0), ("min_resource", 1), ("reduction_factor", 2)):
+        if h.get(key) is not None:
+            check_number(f"{path}: hpo {key}", h[key], lo)
     grid.setdefault("name", Path(path).stem)
     return grid
 
@@ -80,7 +85,6 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
         raise ConfigError(f"hpo objective must be one of {', '.join(hpo.OBJECTIVES)}, got {objective!r}")
     if objective != "headline":  # FairTune: search, select epochs and seeds on the worst subgroup
         values["select_on"] = objective
-    values.setdefault("cache_dir", str(Path(results_dir) / ".cache" / cell.dataset))
     values.setdefault("lr", hpo.default_lr(values.get("task", "classification"), cell.method))
     return TrainConfig(**values).validate()
 

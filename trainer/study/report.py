@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .disk_use import disk_use, disk_use_markdown
 from .efficiency import efficiency_rows
 from .fairness_views import fairness_table, subgroup_attributes, subgroup_view
 from .report_plots import data_volume_plot, efficiency_plot, pareto_plot
@@ -131,6 +132,7 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
             md += ["## Efficiency per run (trainable parameters, peak GPU memory, time per epoch, adapter "
                    "size, chosen hyper-parameters)", "", _markdown(view.astype(object).fillna("")), ""]
         md += fairness_markdown(local[local["task"] == task])
+        md += disk_use_markdown(results_dir)
         path = out / f"{task}.md"
         path.write_text("\n".join(md))
         csv = out / f"{task}.csv"
@@ -157,4 +159,6 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
         path = out / "data_volume.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
-    return written
+    path = out / "disk_use.csv"
+    disk_use(results_dir).to_csv(path, index=False)
+    return written + [path]
