@@ -236,7 +236,8 @@ def check_writable(path: str | os.PathLike, what: str) -> Path:
         os.close(fd)
         os.unlink(tmp)
     except OSError as e:
-        why = ERRNO_HINTS.get(e.errno, e.strerror or str(e))
+        why = ("files cannot be created there (a virtual or read-only file system)" if e.errno == errno.ENOENT
+               else ERRNO_HINTS.get(e.errno, e.strerror or str(e)))
         where = "" if probe == path else f" (its nearest existing folder {probe})"
         raise StorageError(f"{what} {path} cannot be written{where}: {why}; choose a folder you can write "
                            f"to") from None
