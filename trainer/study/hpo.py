@@ -128,7 +128,11 @@ def validation_objective(results: dict) -> float:
     return results["metrics"]["val"][results["headline"]]["mean"]
 
 
-def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None, fixed: Iterable[str] = ()):
+def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None, fixed: Iterable[str] = (),
+                  search_trial: bool = True):
+    """The optuna objective: one training run per trial, scored on validation. ``search_trial`` (default)
+    runs each trial on validation only (``train(cfg, report=..., search_trial=True)``); False calls
+    ``train(cfg, report=...)`` for a caller that keeps a trial as its final run (the app's quick HPO)."""
     import optuna
 
     from ..loops.classify import run
@@ -145,7 +149,7 @@ def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = N
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {score:.4f})")
 
         try:
-            results = train(cfg, report=report, search_trial=True)
+            results = train(cfg, report=report, **({"search_trial": True} if search_trial else {}))
         finally:
             RunDir(cfg.output_dir, cfg.seeds).drop_checkpoints()  # pruned or failed trials too
         trial.set_user_attr("output_dir", cfg.output_dir)
