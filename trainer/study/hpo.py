@@ -39,7 +39,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from ..config import ConfigError, TrainConfig, parse_config
+from ..cli import parse_config
+from ..config import ConfigError, TrainConfig
 from ..run_dir import RunDir
 
 # Method hyper-parameter name -> (kind, args): "log" float range, "cat" choices.
