@@ -189,6 +189,8 @@ ERRNO_HINTS = {errno.EACCES: "permission denied", errno.EPERM: "permission denie
                errno.ENOTDIR: "a path component is a file, not a folder", errno.EISDIR: "is a folder",
                errno.ENAMETOOLONG: "file name too long", errno.EIO: "input/output error"}
 _RUST_OS_ERROR = re.compile(r"Os \{ code: (\d+)")
+SQLITE_FAULTS = {"database or disk is full": errno.ENOSPC, "attempt to write a readonly database": errno.EROFS,
+                 "unable to open database file": errno.EACCES}
 
 
 def storage_errno(exc: BaseException) -> int | None:
@@ -202,6 +204,9 @@ def storage_errno(exc: BaseException) -> int | None:
         return int(found.group(1))
     if isinstance(exc, RuntimeError) and ("file write failed" in text or "unexpected pos" in text):
         return errno.EIO
+    for phrase, code in SQLITE_FAULTS.items():  # optuna's SQLite storage, through SQLAlchemy
+        if phrase in text:
+            return code
     return None
 
 

@@ -292,6 +292,11 @@ class RunDir:
         if info and info.get("pid") == os.getpid() and info.get("host") == platform.node():
             self.lock_path.unlink(missing_ok=True)
 
+    def break_mark(self) -> None:
+        """Remove the in-use mark whoever set it: for a caller that knows its writer is dead (a benchmark
+        seed run re-queued after its worker stopped heartbeating, possibly on another host)."""
+        self.lock_path.unlink(missing_ok=True)
+
     # -- each tensor once
     def drop_weights(self) -> list[Path]:
         """Every tensor file of the run: checkpoints, best-epoch copies and adapters (an HPO trial whose

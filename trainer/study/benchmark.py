@@ -307,6 +307,8 @@ def _seed_run(cfg: TrainConfig) -> dict:
     if done.finished:  # finished, but its worker died before recording it
         return done.read_results().data
     cfg.resume = (out / "config.yaml").exists()
+    if cfg.resume:  # re-queued: the study's heartbeat found its worker dead, so its in-use mark is stale
+        done.break_mark()
     return run(cfg)
 
 

@@ -190,3 +190,31 @@ def test_drop_checkpoints_and_weights(tmp_path):
                                               "seed_1/adapter/adapter_model.safetensors"]
     run.drop_weights()
     assert not tensor_files(tmp_path) and (tmp_path / "seed_1" / "history.json").exists()
+
+
+def test_disk_use_per_results_folder(tmp_path):
+    from trainer.study.disk_use import disk_use_lines
+
+    for rel, size in {"cell_a/results.json": 10, "cell_a/.seeds/seed_0/adapter/adapter_model.safetensors": 100,
+                      "cell_a/.seeds/seed_0/results.json": 5, "cell_b/results.json": 7, "studies.db": 50}.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * size)
+    df = disk_use(tmp_path).set_index("folder")
+    assert df.loc["cell_a", "bytes"] == 115 and df.loc["cell_a", "tensor_bytes"] == 100
+    assert df.loc["cell_b", "bytes"] == 7 and df.loc["(other files)", "bytes"] == 50
+    assert df.loc["total", "bytes"] == 172 and df.loc["total", "files"] == 5
+    lines = disk_use_lines(tmp_path)
+    assert lines[0].startswith("disk use  cell_a") and "115 B" in lines[0] and lines[-1].startswith("disk use  total")
+
+
+def test_storage_faults_wrapped_by_libraries_are_recognised():
+    import errno
+
+    from trainer.preflight import describe_storage_error
+
+    assert "ENOSPC" in describe_storage_error(OSError(errno.ENOSPC, "No space left on device", "/x/results.json"))
+    assert "/x/results.json" in describe_storage_error(OSError(errno.ENOSPC, "No space", "/x/results.json"))
+    rust = Exception('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space" })')
+    assert "ENOSPC" in describe_storage_error(rust)
+    assert "EROFS" in describe_storage_error(Exception("(sqlite3.OperationalError) attempt to write a readonly database"))
+    assert describe_storage_error(ValueError("a bug")) is None
