@@ -81,12 +81,15 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, img_si
     model converted into timm, with its authors' pooling; ``init_checkpoint`` is then a local copy of its repo.
     """
     if _preset(name) is not None:
-        if global_pool is not None or fc_norm is not None:
-            raise BackboneError(f"{name} pools as its authors do; global_pool / fc_norm cannot be changed")
         from .foundation_hub import create_foundation
 
-        return create_foundation(name, num_classes, pretrained=pretrained, img_size=img_size,
-                                 init_checkpoint=init_checkpoint, drop_path_rate=drop_path_rate)
+        model = create_foundation(name, num_classes, pretrained=pretrained, img_size=img_size,
+                                  init_checkpoint=init_checkpoint, drop_path_rate=drop_path_rate)
+        if (global_pool is not None and global_pool != model.global_pool) or \
+                (fc_norm is not None and fc_norm == isinstance(model.fc_norm, nn.Identity)):
+            raise BackboneError(f"{name} pools as its authors do ({model.pooling}); global_pool / fc_norm "
+                                f"cannot change it")
+        return model
     vit = _is_vit_name(name)
     if img_size is not None and vit:
         kwargs["img_size"] = img_size

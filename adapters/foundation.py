@@ -34,8 +34,7 @@ OPENAI_CLIP = ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.2
 HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 SOURCES = ("transformers", "open_clip", "timm", "mae")
 POOLINGS = ("token", "avg", "map", "cls_avg", "token_proj")
-NON_COMMERCIAL = ("cc-by-nc-4.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-4.0", "msrla", "owkin-non-commercial",
-                  "dinov3-license", "health-ai-developer-foundations")
+NON_COMMERCIAL = ("cc-by-nc-4.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-4.0", "msrla", "owkin-non-commercial")
 
 
 @dataclass(frozen=True)
@@ -228,3 +227,30 @@ def card_lines(name: str | None) -> list[str]:
     if preset.gated:
         lines.append(f"- the base is **gated**: accept its licence at {preset.url} and set HF_TOKEN to download it")
     return lines
+
+
+def print_backbones(as_json: bool, out=None) -> None:
+    """``python -m adapters backbones [--json]``: every preset with every column."""
+    import json
+    import sys
+
+    out = out or sys.stdout
+    rows = [p.row() for p in PRESETS.values()]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=list), file=out)
+        return
+    header = ["name", "hub_id", "source", "architecture", "img", "pooling", "license", "gated", "modality"]
+    body = [[r["name"], r["hub_id"] or "(file: --init-checkpoint)", r["source"], r["architecture"],
+             str(r["img_size"]), r["pooling"], r["license"] + (" (non-commercial)" if r["non_commercial"] else ""),
+             "gated" if r["gated"] else "open", r["modality"]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(header, *body)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(), file=out)
+    print("  ".join("-" * w for w in widths), file=out)
+    for line in body:
+        print("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip(), file=out)
+    print("\nnormalisation (mean / std) and the authors' extra timm arguments: --json. Use: --backbone NAME "
+          "(downloads the Hub repo) or --backbone NAME --init-checkpoint DIR (a local copy laid out as the repo).",
+          file=out)
+    for p in PRESETS.values():
+        if p.get:
+            print(f"  {p.name}: {p.get}", file=out)

@@ -96,7 +96,8 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
     index = load_data(cfg)
     backbone = cfg.resolved_backbone()
     with torch.device("meta"):  # only the preprocessing config is needed: no weights allocated
-        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
+        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size,
+                                init_checkpoint=cfg.init_checkpoint)  # a preset's repo copy: its config only
     dcfg = model_data_config(probe, cfg)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir).parent / ".cache"
     with accelerator.main_process_first():
