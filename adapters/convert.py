@@ -74,8 +74,9 @@ def _ratio(hidden: int, dim: int) -> float:
     return (hidden + 0.5) / dim
 
 
-def build(spec: dict[str, Any], img_size: int | None = None) -> FoundationViT:
-    """The timm model a spec describes (random weights), at ``img_size`` (default: the source's)."""
+def build(spec: dict[str, Any], img_size: int | None = None, init: bool = True) -> FoundationViT:
+    """The timm model a spec describes (random weights), at ``img_size`` (default: the source's).
+    ``init=False`` skips timm's weight initialisation (every tensor is loaded next)."""
     import timm
     from timm.layers import SwiGLUPacked, get_act_layer
 
@@ -92,6 +93,8 @@ def build(spec: dict[str, Any], img_size: int | None = None) -> FoundationViT:
     pooling = spec["pooling"]
     args["global_pool"] = {"cls_avg": "token", "token_proj": "token"}.get(pooling, pooling)
     args["num_classes"] = 0
+    if not init:
+        args["weight_init"] = "skip"
     if spec.get("arch"):
         model = timm.create_model(spec["arch"], pretrained=False, **args)
     else:

@@ -287,7 +287,7 @@ def create_foundation(name: str, num_classes: int, pretrained: bool = True, img_
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = build(spec, dc["size"])
+        model = build(spec, dc["size"], init=not (pretrained and folder is not None and preset.source != "mae"))
     report = None
     if pretrained and folder is not None:
         report = _load(model, preset, spec, folder)

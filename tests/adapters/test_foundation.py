@@ -46,9 +46,11 @@ CASES = [
     ("timm-uni", "uni", R.timm_repo, {"init_values": 1e-5, "dynamic_img_size": True}, 224),
     ("timm-virchow2", "virchow2", R.timm_repo, {"pooling": "cls_avg", **_swiglu_args()}, 224),
 ]
+SLOW = {"open_clip", "timm-uni", "timm-virchow2"}  # ViT-Tiny towers at 224 px: seconds each
 
 
-@pytest.mark.parametrize("case,preset,builder,kwargs,size", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("case,preset,builder,kwargs,size",
+                         [pytest.param(*c, id=c[0], marks=[pytest.mark.slow] if c[0] in SLOW else []) for c in CASES])
 def test_conversion_equals_source_library(tmp_path, case, preset, builder, kwargs, size):
     folder, embed = builder(tmp_path / "repo", **kwargs)
     model = create_backbone(preset, num_classes=0, init_checkpoint=str(folder)).eval()

@@ -1,0 +1,79 @@
+"""Catalogue methods on converted foundation models: identity at init where the method is, trained,
+saved with save_adapter and reloaded with load_adapter from the local repo copy, exactly."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adapters import apply_method, create_backbone
+from adapters.io import AdapterConfig, load_adapter, save_adapter
+from tests.helpers import foundation_repos as R
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDPEFT_CACHE", str(tmp_path / "medpeft-cache"))
+
+
+def _swiglu_registers():
+    from timm.layers import SwiGLUPacked
+
+    return dict(init_values=1e-5, reg_tokens=4, mlp_ratio=5.3375, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU,
+                dynamic_img_size=True, patch_size=32)
+
+
+BASES = {  # preset -> (builder, kwargs, input size)
+    "rad-dino": (R.dinov2_repo, {"swiglu": True}, 28),  # LayerScale + SwiGLU
+    "dinov2-reg-base": (R.dinov2_repo, {"registers": 4}, 28),  # LayerScale + register tokens
+    "medsiglip": (R.siglip_repo, {}, 32),  # no class token, attention-pool head
+    "biomedclip": (R.open_clip_repo, {}, 224),  # open_clip timm tower + image projection
+    "virchow2": (R.timm_repo, {"pooling": "cls_avg", **_swiglu_registers()}, 64),  # timm, CLS ++ mean
+}
+SLOW = {"biomedclip", "virchow2"}
+
+
+@pytest.fixture(scope="module")
+def repos(tmp_path_factory):
+    made = {}
+    for name, (builder, kwargs, size) in BASES.items():
+        folder, _ = builder(tmp_path_factory.mktemp(name) / "repo", **kwargs)
+        made[name] = (folder, size)
+    return made
+
+
+CASES = [pytest.param(base, method, marks=[pytest.mark.slow] if base in SLOW else [])
+         for base in BASES for method in ("lora", "ssf", "adaptformer")]
+CASES += [pytest.param("dinov2-reg-base", "vpt_shallow"), pytest.param("dinov2-reg-base", "vpt_deep")]
+
+
+@pytest.mark.parametrize("base,method", CASES)
+def test_method_trains_and_reloads_exactly(repos, tmp_path, base, method):
+    folder, size = repos[base]
+    torch.manual_seed(0)
+    model = create_backbone(base, 3, init_checkpoint=str(folder)).eval()
+    x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        before = model(x)
+    model = apply_method(model, method)
+    if method in ("lora", "ssf", "adaptformer"):  # identity at init: LayerScale, registers, pooling respected
+        with torch.no_grad():
+            assert torch.allclose(model.eval()(x), before, atol=1e-5)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    for _ in range(3):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    model.eval()
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+    with torch.no_grad():
+        trained = model(x)
+    assert not torch.allclose(trained, before, atol=1e-4)
+    cfg = AdapterConfig(method=method, backbone=base, num_classes=3, init_checkpoint=str(folder))
+    save_adapter(model, tmp_path / "adapter", cfg)
+    loaded, lcfg = load_adapter(tmp_path / "adapter")
+    assert lcfg.backbone == base
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), trained, atol=1e-6)
