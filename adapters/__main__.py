@@ -3,7 +3,7 @@
     python -m adapters list                                      # every method: families, summary
     python -m adapters list --backbone resnet50 --num-classes 3  # trainable counts on that backbone
     python -m adapters list --backbone vit_base_patch16_224 --num-classes 3 --json
-    python -m adapters list --unet tiny                          # U-Net methods (needs adapters.unet)
+    python -m adapters list --unet tiny                          # U-Net methods (needs adapters.methods.unet)
     python -m adapters convert-checkpoint MRM.pth MRM.safetensors  # a foundation checkpoint's tensors only
     python -m adapters backbones [--json]                        # foundation presets: Hub id, licence, gating
 
@@ -141,7 +141,7 @@ def list_methods(as_json: bool) -> None:
 
 
 def build_unet(spec: str):
-    from .unet import build_unet as build
+    from .methods.unet import build_unet as build
 
     try:
         return build(spec)

@@ -22,6 +22,8 @@ import timm
 import torch
 from torch import nn
 
+from .core import BackboneError
+
 OFFLINE_LITE0 = "tf_efficientnet_lite0.offline_in1k"
 # Stage depths of EfficientNet-Lite0: lukemelas numbers blocks 0..15 flat, timm as blocks.<stage>.<i>.
 _LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
@@ -30,10 +32,6 @@ _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_b
 _DS_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _IR_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
              "_project_conv": "conv_pwl", "_bn2": "bn3"}
-
-
-class BackboneError(ValueError):
-    pass
 
 
 def _lite0_flat_to_stage() -> list[tuple[int, int]]:

@@ -378,11 +378,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
                  for u in unknown]
         raise ConfigError(f"{path}: unknown option(s) {', '.join(hints)}; see python -m trainer --help")
     return data
-
-
-def __getattr__(name: str):  # the parser moved to trainer.cli; keep the old import path working
-    if name in ("build_parser", "parse_config"):
-        from . import cli
-
-        return getattr(cli, name)
-    raise AttributeError(name)

@@ -15,7 +15,7 @@ from adapters import METHODS, MethodError, NotMergeable, apply_method, create_ba
 from adapters.backbones import TINY_CNN, TINY_VIT
 from adapters.core import BN_TYPES
 from adapters.io import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, load_adapter, save_adapter
-from adapters.lora import split_qkv
+from adapters.methods.lora import split_qkv
 
 BACKBONES = {"vit": TINY_VIT, "cnn": TINY_CNN}
 NUM_CLASSES = 3

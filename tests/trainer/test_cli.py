@@ -20,7 +20,8 @@ from adapters import OFFLINE_LITE0
 from adapters.backbones import TINY_CNN
 from adapters.io import load_adapter
 from trainer.__main__ import main as trainer_main
-from trainer.config import ConfigError, parse_config
+from trainer.cli import parse_config
+from trainer.config import ConfigError
 from tests.helpers import write_digits, write_shapes
 
 ROOT = Path(__file__).resolve().parents[2]

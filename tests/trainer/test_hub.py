@@ -134,9 +134,9 @@ def test_pull_then_load_adapter_gives_identical_logits(hub, pushed, tmp_path):
 def test_plain_peft_from_pretrained_loads_the_pushed_repo(hub, pushed):
     from peft import PeftModel
 
-    from adapters.lora import split_qkv
+    from adapters.methods.lora import split_qkv
 
-    # LoRA's default targets q and v: the base's fused qkv is split first, as adapters.lora documents.
+    # LoRA's default targets q and v: the base's fused qkv is split first, as adapters.methods.lora documents.
     model = PeftModel.from_pretrained(split_qkv(_base()), REPO).eval()  # the Hub id, resolved through HF_ENDPOINT
     with torch.no_grad():
         torch.testing.assert_close(model(pushed["x"]), pushed["logits"], rtol=0, atol=1e-6)

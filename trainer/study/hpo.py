@@ -33,7 +33,8 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from ..config import ConfigError, TrainConfig, parse_config
+from ..cli import parse_config
+from ..config import ConfigError, TrainConfig
 
 # Method hyper-parameter name -> (kind, args): "log" float range, "cat" choices.
 SEARCH_SPACE: dict[str, tuple[str, Any]] = {
