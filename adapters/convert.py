@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from timm.models.vision_transformer import VisionTransformer
 
-from .backbones import BackboneError
+from .core import BackboneError
 
 
 class ConversionError(BackboneError):

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import BackboneError
+from .core import BackboneError, save_tensors
 from .convert import ConversionError, FoundationViT, build, convert_state, resample_pos_embed, spec_from_config
 from .foundation import Preset, access_hint, find_preset
 
@@ -32,6 +32,7 @@ CONFIG_FILES = ("config.json", "open_clip_config.json", "preprocessor_config.jso
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "open_clip_model.safetensors",
                 "pytorch_model.bin", "pytorch_model.bin.index.json", "open_clip_pytorch_model.bin")
 CACHE_VERSION = "1"
+RANDOM_INIT_SEED = 0  # = adapters.backbones.RANDOM_INIT_SEED (not imported: backbones imports this module)
 
 
 class FoundationAccessError(BackboneError):
@@ -234,8 +235,6 @@ def converted_state(preset: Preset, spec: dict[str, Any], paths: list[Path]) -> 
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from .io import save_tensors
-
     path = cache_dir() / f"{cache_key(preset, paths)}.safetensors"
     spec_json = json.dumps(spec, sort_keys=True)
     if path.is_file():
@@ -283,9 +282,7 @@ def create_foundation(name: str, num_classes: int, pretrained: bool = True, img_
     if drop_path_rate is not None:
         spec["args"]["drop_path_rate"] = drop_path_rate
     dc = data_cfg(preset, folder, config, img_size)
-    from .backbones import RANDOM_INIT_SEED
-
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # random weights from a fixed seed, as adapters.backbones
         torch.manual_seed(RANDOM_INIT_SEED)
         model = build(spec, dc["size"], init=not (pretrained and folder is not None and preset.source != "mae"))
     report = None
