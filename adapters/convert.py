@@ -81,11 +81,16 @@ def build(spec: dict[str, Any], img_size: int | None = None, init: bool = True) 
     from timm.layers import SwiGLUPacked, get_act_layer
 
     args = dict(spec["args"])
-    for key in ("mlp_layer", "act_layer"):  # names in presets / specs -> timm layers
-        if args.get(key) == "swiglu_packed":
-            args[key] = SwiGLUPacked
-        elif isinstance(args.get(key), str):
-            args[key] = get_act_layer(args[key])
+    for key in ("mlp_layer", "act_layer"):  # names in presets / configs -> timm layers
+        name = args.get(key)
+        if isinstance(name, str):  # "swiglu_packed", "timm.layers.SwiGLUPacked", "silu", "torch.nn.SiLU" ...
+            short = name.rsplit(".", 1)[-1].lower()
+            if key == "mlp_layer":
+                if "swiglu" not in short:
+                    raise ConversionError(f"mlp_layer {name!r}: only SwiGLUPacked is known here")
+                args[key] = SwiGLUPacked
+            else:
+                args[key] = get_act_layer(short)
     if spec.get("norm_eps") is not None:
         args["norm_layer"] = partial(nn.LayerNorm, eps=spec["norm_eps"])
     if img_size and not args.get("dynamic_img_size"):

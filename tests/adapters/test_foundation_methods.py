@@ -77,3 +77,44 @@ def test_method_trains_and_reloads_exactly(repos, tmp_path, base, method):
     assert lcfg.backbone == base
     with torch.no_grad():
         assert torch.allclose(loaded(x), trained, atol=1e-6)
+
+
+def _vit_methods():
+    from adapters import methods_for
+
+    return sorted(m.name for m in methods_for("vit"))
+
+
+@pytest.fixture(scope="module")
+def registers_swiglu(tmp_path_factory):
+    folder, _ = R.dinov2_repo(tmp_path_factory.mktemp("regs") / "repo", registers=4, swiglu=True)
+    return folder
+
+
+@pytest.mark.parametrize("method", _vit_methods())
+def test_every_vit_method_applies_to_a_registers_swiglu_model(registers_swiglu, tmp_path, method):
+    """Registers, LayerScale and SwiGLU together: every ViT method of the catalogue trains and reloads."""
+    from adapters import merge_method
+    from adapters.core import NotMergeable
+
+    torch.manual_seed(0)
+    model = apply_method(create_backbone("dinov2-reg-base", 2, init_checkpoint=str(registers_swiglu)), method)
+    x = torch.randn(2, 3, 28, 28)
+    loss = model.train()(x).logsumexp(-1).sum()
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.01 * torch.randn_like(p))
+        out = model.eval()(x)
+    save_adapter(model, tmp_path / "a", AdapterConfig(method=method, backbone="dinov2-reg-base", num_classes=2,
+                                                      init_checkpoint=str(registers_swiglu)))
+    loaded, _ = load_adapter(tmp_path / "a")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), out, atol=1e-6)
+        try:
+            merged = merge_method(loaded)
+        except NotMergeable:
+            return
+        assert torch.allclose(merged.eval()(x), out, atol=1e-5)
