@@ -12,10 +12,11 @@ mapping of its state dict onto timm's names:
   head becomes timm's ``AttentionPoolLatent`` (``probe`` -> ``latent``, ``in_proj`` split into q and kv).
 - transformers ``ViTModel``: the BERT-style names of the ViT encoder.
 - open_clip with a timm image tower (BiomedCLIP): the ``trunk`` is already timm; the image projection
-  (``head.proj`` / ``head.mlp``) is kept as :attr:`FoundationViT.proj`.
+  (``head.proj`` / ``head.mlp``) is kept as :attr:`FoundationViT.proj`. open_clip's own ViT (CLIP):
+  ``ln_pre`` -> ``norm_pre``, fused ``in_proj`` -> ``qkv``, ``ln_post`` -> ``norm``, ``proj`` -> a Linear.
 - timm (with the authors' extra arguments): loaded through timm's own ``checkpoint_filter_fn``.
 
-Position embeddings are resampled once, at build time, to the requested input size with the source's
+State mappings: :mod:`adapters.convert_state`. Position embeddings are resampled once, at build time, to the requested input size with the source's
 own interpolation (bicubic, ``align_corners=False``; antialias as the source does it), so the converted
 model equals the source at that size. Formats whose authors ask for ``dynamic_img_size`` keep it.
 """
@@ -217,8 +218,7 @@ def _open_clip_spec(config: dict[str, Any], pooling: str) -> dict:
     vision = model_cfg.get("vision_cfg", {})
     name = vision.get("timm_model_name")
     if not name:
-        raise ConversionError("open_clip_config.json: only timm image towers (vision_cfg.timm_model_name) "
-                              "are convertible here")
+        return _open_clip_native_spec(model_cfg, vision, pooling)
     pool, proj = vision.get("timm_pool", "avg"), vision.get("timm_proj", "linear")
     if pool in ("abs_attn", "rot_attn"):
         raise ConversionError(f"open_clip timm_pool={pool!r} is not convertible")
@@ -235,129 +235,22 @@ def _open_clip_spec(config: dict[str, Any], pooling: str) -> dict:
             else pooling, "proj": spec_proj, "antialias": True}
 
 
-# --------------------------------------------------------------------------------------------- states
-def _strip(state: dict[str, torch.Tensor], anchor: str) -> dict[str, torch.Tensor]:
-    """Keys without the prefix before ``anchor`` (``dinov2.``, ``vision_model.``, ``vit.`` ...)."""
-    found = [k for k in state if k.endswith(anchor)]
-    if not found:
-        raise ConversionError(f"the weights have no {anchor!r}: not a checkpoint of this format "
-                              f"(keys e.g. {list(state)[:4]})")
-    prefix = found[0][: -len(anchor)]
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-
-
-def _first(state, *names):
-    for n in names:
-        if n in state:
-            return state[n]
-    raise ConversionError(f"missing tensor: one of {names}")
-
-
-def _qkv(out: dict, dst: str, state: dict, q: str, k: str, v: str) -> None:
-    for kind in ("weight", "bias"):
-        parts = [state.get(f"{n}.{kind}") for n in (q, k, v)]
-        if all(p is not None for p in parts):
-            out[f"{dst}.{kind}"] = torch.cat(parts, dim=0)
-
-
-def _copy(out: dict, dst: str, state: dict, src: str) -> None:
-    for kind in ("weight", "bias"):
-        if f"{src}.{kind}" in state:
-            out[f"{dst}.{kind}"] = state[f"{src}.{kind}"]
-
-
-def convert_state(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The source's tensors under timm's names (the source grid; :func:`resample_pos_embed` resizes)."""
-    fmt = spec["format"]
-    if fmt in ("dinov2", "dinov2_with_registers", "vit"):
-        return _dinov2_or_vit_state(spec, _strip(state, "embeddings.cls_token"))
-    if fmt == "siglip_vision_model":
-        return _siglip_state(spec, _strip(state, "embeddings.patch_embedding.weight"))
-    if fmt == "open_clip":
-        return _open_clip_state(spec, state)
-    if fmt == "timm":  # already timm's names (timm's checkpoint_filter_fn runs at load)
-        return {k.removeprefix("module."): v for k, v in state.items()}
-    raise ConversionError(f"no state mapping for format {fmt!r}")
-
-
-def _dinov2_or_vit_state(spec: dict, s: dict) -> dict:
-    out: dict[str, torch.Tensor] = {}
-    cls, pos = s["embeddings.cls_token"], s["embeddings.position_embeddings"]
-    if spec["args"].get("no_embed_class"):  # registers: timm adds no position to prefix tokens
-        out["cls_token"], out["pos_embed"] = cls + pos[:, :1], pos[:, 1:]
-        out["reg_token"] = s["embeddings.register_tokens"]
-    else:
-        out["cls_token"], out["pos_embed"] = cls, pos
-    _copy(out, "patch_embed.proj", s, "embeddings.patch_embeddings.projection")
-    vit = spec["format"] == "vit"
-    for i in range(spec["args"]["depth"]):
-        p, b = f"encoder.layer.{i}.", f"blocks.{i}."
-        a = p + "attention.attention." if f"{p}attention.attention.query.weight" in s else p + "attention."
-        names = ("query", "key", "value") if f"{a}query.weight" in s else ("q_proj", "k_proj", "v_proj")
-        _qkv(out, b + "attn.qkv", s, *(a + n for n in names))
-        _copy(out, b + "attn.proj", s, p + "attention.output.dense" if f"{p}attention.output.dense.weight" in s
-              else p + "attention.o_proj")
-        if vit:
-            _copy(out, b + "norm1", s, p + "layernorm_before")
-            _copy(out, b + "norm2", s, p + "layernorm_after")
-            _copy(out, b + "mlp.fc1", s, p + "intermediate.dense")
-            _copy(out, b + "mlp.fc2", s, p + "output.dense")
-            continue
-        _copy(out, b + "norm1", s, p + "norm1")
-        _copy(out, b + "norm2", s, p + "norm2")
-        out[b + "ls1.gamma"] = _first(s, p + "layer_scale1.lambda1")
-        out[b + "ls2.gamma"] = _first(s, p + "layer_scale2.lambda1")
-        if spec["args"].get("mlp_layer") == "swiglu_packed":
-            if f"{p}mlp.weights_in.weight" in s:  # [gate; up]: silu(first half) * second half
-                _copy(out, b + "mlp.fc1", s, p + "mlp.weights_in")
-                _copy(out, b + "mlp.fc2", s, p + "mlp.weights_out")
-            else:
-                for kind in ("weight", "bias"):
-                    out[f"{b}mlp.fc1.{kind}"] = torch.cat([s[f"{p}mlp.gate_proj.{kind}"], s[f"{p}mlp.up_proj.{kind}"]])
-                _copy(out, b + "mlp.fc2", s, p + "mlp.down_proj")
-        else:
-            _copy(out, b + "mlp.fc1", s, p + "mlp.fc1")
-            _copy(out, b + "mlp.fc2", s, p + "mlp.fc2")
-    _copy(out, "norm", s, "layernorm")
-    return out
-
-
-def _siglip_state(spec: dict, s: dict) -> dict:
-    out: dict[str, torch.Tensor] = {}
-    _copy(out, "patch_embed.proj", s, "embeddings.patch_embedding")
-    out["pos_embed"] = s["embeddings.position_embedding.weight"].unsqueeze(0)
-    for i in range(spec["args"]["depth"]):
-        p, b = f"encoder.layers.{i}.", f"blocks.{i}."
-        _copy(out, b + "norm1", s, p + "layer_norm1")
-        _qkv(out, b + "attn.qkv", s, p + "self_attn.q_proj", p + "self_attn.k_proj", p + "self_attn.v_proj")
-        _copy(out, b + "attn.proj", s, p + "self_attn.out_proj")
-        _copy(out, b + "norm2", s, p + "layer_norm2")
-        _copy(out, b + "mlp.fc1", s, p + "mlp.fc1")
-        _copy(out, b + "mlp.fc2", s, p + "mlp.fc2")
-    _copy(out, "norm", s, "post_layernorm")
-    if spec["pooling"] == "map":
-        dim = spec["args"]["embed_dim"]
-        out["attn_pool.latent"] = s["head.probe"]
-        w, bias = s["head.attention.in_proj_weight"], s["head.attention.in_proj_bias"]
-        out["attn_pool.q.weight"], out["attn_pool.kv.weight"] = w[:dim], w[dim:]
-        out["attn_pool.q.bias"], out["attn_pool.kv.bias"] = bias[:dim], bias[dim:]
-        _copy(out, "attn_pool.proj", s, "head.attention.out_proj")
-        _copy(out, "attn_pool.norm", s, "head.layernorm")
-        _copy(out, "attn_pool.mlp.fc1", s, "head.mlp.fc1")
-        _copy(out, "attn_pool.mlp.fc2", s, "head.mlp.fc2")
-    return out
-
-
-def _open_clip_state(spec: dict, state: dict) -> dict:
-    prefix = "visual.trunk."
-    if not any(k.startswith(prefix) for k in state):
-        raise ConversionError(f"the weights have no {prefix}* tensors: not an open_clip model with a timm image "
-                              f"tower (keys e.g. {list(state)[:4]})")
-    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and not k.startswith(prefix + "head.")}
-    proj = spec.get("proj")
-    if proj:
-        src = {"linear": "visual.head.proj", "mlp": "visual.head.mlp", "trunk_head": prefix + "head"}[proj["key"]]
-        for key, value in state.items():
-            if key.startswith(src + "."):
-                out["proj." + key[len(src) + 1:]] = value
-    return out
+def _open_clip_native_spec(model_cfg: dict[str, Any], vision: dict[str, Any], pooling: str) -> dict:
+    """open_clip's own ViT (CLIP): ln_pre -> timm ``pre_norm``; ln_post then the class token (or the patch
+    mean) -> timm's final norm and pooling; ``proj`` (a matrix) -> :attr:`FoundationViT.proj`."""
+    for flag in ("attentional_pool", "final_ln_after_pool", "no_ln_pre"):
+        if vision.get(flag):
+            raise ConversionError(f"open_clip vision_cfg.{flag} is not convertible")
+    pool = vision.get("pool_type", "tok")
+    if pool not in ("tok", "avg") or isinstance(vision.get("layers", 12), (list, tuple)):
+        raise ConversionError("open_clip vision tower: only ViTs with pool_type tok or avg are convertible")
+    width = vision.get("width", 768)
+    args = {"img_size": vision.get("image_size", 224), "patch_size": vision.get("patch_size", 16), "embed_dim": width,
+            "depth": vision.get("layers", 12), "num_heads": width // vision.get("head_width", 64),
+            "mlp_ratio": _ratio(int(width * vision.get("mlp_ratio", 4.0)), width), "pre_norm": True,
+            "init_values": vision.get("ls_init_value"), "fc_norm": False,
+            "act_layer": "quick_gelu" if model_cfg.get("quick_gelu") else "gelu"}
+    proj = {"type": "linear", "dim": model_cfg["embed_dim"], "bias": False, "key": "matrix"} \
+        if pooling == "token_proj" else None
+    return {"format": "open_clip", "arch": None, "args": args, "norm_eps": 1e-5,
+            "pooling": "avg" if pool == "avg" else pooling, "proj": proj, "antialias": True}

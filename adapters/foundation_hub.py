@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from .core import BackboneError, save_tensors
-from .convert import ConversionError, FoundationViT, build, convert_state, resample_pos_embed, spec_from_config
+from .convert import ConversionError, FoundationViT, build, resample_pos_embed, spec_from_config
+from .convert_state import convert_state
 from .foundation import Preset, access_hint, find_preset
 
 CONFIG_FILES = ("config.json", "open_clip_config.json", "preprocessor_config.json")

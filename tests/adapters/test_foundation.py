@@ -43,6 +43,8 @@ CASES = [
     ("siglip-full", "medsiglip", R.siglip_repo, {"full": True}, 32),
     ("vit", "phikon", R.vit_repo, {}, 32),
     ("open_clip", "biomedclip", R.open_clip_repo, {}, 224),
+    ("open_clip-native", "biomedclip", R.open_clip_repo, {"timm_model": None, "quick_gelu": True,
+                                                          "ls_init_value": 0.1}, 32),
     ("timm-uni", "uni", R.timm_repo, {"init_values": 1e-5, "dynamic_img_size": True}, 224),
     ("timm-virchow2", "virchow2", R.timm_repo, {"pooling": "cls_avg", **_swiglu_args()}, 224),
 ]

@@ -22,33 +22,40 @@ def _swiglu_registers():
                 dynamic_img_size=True, patch_size=32)
 
 
-BASES = {  # preset -> (builder, kwargs, input size)
-    "rad-dino": (R.dinov2_repo, {"swiglu": True}, 28),  # LayerScale + SwiGLU
-    "dinov2-reg-base": (R.dinov2_repo, {"registers": 4}, 28),  # LayerScale + register tokens
-    "medsiglip": (R.siglip_repo, {}, 32),  # no class token, attention-pool head
-    "biomedclip": (R.open_clip_repo, {}, 224),  # open_clip timm tower + image projection
-    "virchow2": (R.timm_repo, {"pooling": "cls_avg", **_swiglu_registers()}, 64),  # timm, CLS ++ mean
+BASES = {  # case -> (preset, builder, kwargs, input size)
+    "rad-dino": ("rad-dino", R.dinov2_repo, {"swiglu": True}, 28),  # LayerScale + SwiGLU
+    "dinov2-reg-base": ("dinov2-reg-base", R.dinov2_repo, {"registers": 4}, 28),  # LayerScale + registers
+    "medsiglip": ("medsiglip", R.siglip_repo, {}, 32),  # no class token, attention-pool head
+    "biomedclip": ("biomedclip", R.open_clip_repo, {}, 224),  # open_clip timm tower + image projection
+    "clip-native": ("biomedclip", R.open_clip_repo, {"timm_model": None}, 32),  # open_clip's own ViT
+    "virchow2": ("virchow2", R.timm_repo, {"pooling": "cls_avg", **_swiglu_registers()}, 64),  # timm, CLS ++ mean
 }
-SLOW = {"biomedclip", "virchow2"}
+FAST = {"rad-dino"}  # the others run in the full suite (pytest -m slow)
 
 
 @pytest.fixture(scope="module")
 def repos(tmp_path_factory):
-    made = {}
-    for name, (builder, kwargs, size) in BASES.items():
-        folder, _ = builder(tmp_path_factory.mktemp(name) / "repo", **kwargs)
-        made[name] = (folder, size)
-    return made
+    """Each tiny repo built once, when a test first needs it."""
+    made: dict = {}
+
+    def get(case):
+        if case not in made:
+            preset, builder, kwargs, size = BASES[case]
+            folder, _ = builder(tmp_path_factory.mktemp(case) / "repo", **kwargs)
+            made[case] = (preset, folder, size)
+        return made[case]
+
+    return get
 
 
-CASES = [pytest.param(base, method, marks=[pytest.mark.slow] if base in SLOW else [])
+CASES = [pytest.param(base, method, marks=[] if base in FAST else [pytest.mark.slow])
          for base in BASES for method in ("lora", "ssf", "adaptformer")]
 CASES += [pytest.param("dinov2-reg-base", "vpt_shallow"), pytest.param("dinov2-reg-base", "vpt_deep")]
 
 
 @pytest.mark.parametrize("base,method", CASES)
 def test_method_trains_and_reloads_exactly(repos, tmp_path, base, method):
-    folder, size = repos[base]
+    base, folder, size = repos(base)
     torch.manual_seed(0)
     model = create_backbone(base, 3, init_checkpoint=str(folder)).eval()
     x = torch.randn(4, 3, size, size, generator=torch.Generator().manual_seed(1))
@@ -91,7 +98,8 @@ def registers_swiglu(tmp_path_factory):
     return folder
 
 
-@pytest.mark.parametrize("method", _vit_methods())
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[] if m in ("lora", "vpt_deep", "ssf") else
+                                                 [pytest.mark.slow]) for m in _vit_methods()])
 def test_every_vit_method_applies_to_a_registers_swiglu_model(registers_swiglu, tmp_path, method):
     """Registers, LayerScale and SwiGLU together: every ViT method of the catalogue trains and reloads."""
     from adapters import merge_method

@@ -74,12 +74,17 @@ def vit_repo(folder: Path, image_size: int = 32, patch: int = 8):
     return folder, lambda x: model(pixel_values=x).last_hidden_state[:, 0]
 
 
-def open_clip_repo(folder: Path, timm_model: str = "vit_tiny_patch16_224", proj: str = "linear"):
+def open_clip_repo(folder: Path, timm_model: str | None = "vit_tiny_patch16_224", proj: str = "linear",
+                   quick_gelu: bool = False, ls_init_value: float | None = None):
+    """timm_model None: open_clip's own ViT (32 px, 2 blocks of width 32), as OpenAI CLIP models."""
     import open_clip
     from safetensors.torch import save_file
 
-    cfg = {"embed_dim": 24, "vision_cfg": {"timm_model_name": timm_model, "timm_model_pretrained": False,
-                                           "timm_pool": "", "timm_proj": proj, "image_size": 224},
+    vision = ({"timm_model_name": timm_model, "timm_model_pretrained": False, "timm_pool": "", "timm_proj": proj,
+               "image_size": 224} if timm_model else
+              {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8,
+               "ls_init_value": ls_init_value})
+    cfg = {"embed_dim": 24, "vision_cfg": vision, "quick_gelu": quick_gelu,
            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}}
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "open_clip_config.json").write_text(json.dumps({
