@@ -73,6 +73,9 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
                   output_dir=str(Path(results_dir) / cell.key), seeds=list(grid.get("seeds", [0])))
     if cell.backbone:
         values["backbone"] = cell.backbone
+    checkpoints = grid.get("init_checkpoints") or {}  # per backbone (foundation presets' files or repo copies)
+    if cell.backbone in checkpoints:
+        values["init_checkpoint"] = str(checkpoints[cell.backbone])
     data_dirs = grid.get("data_dirs") or {}
     if cell.dataset in data_dirs:
         values["data_dir"] = str(data_dirs[cell.dataset])
