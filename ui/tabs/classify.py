@@ -1,7 +1,7 @@
 """The Classify tab: an image (PNG, JPEG, TIFF, BMP or DICOM) through a chosen adapter, with the
 image the model saw, a Grad-CAM heat map and a side-by-side comparison of several adapters.
 API: ``/classify``, ``/compare``, ``/filter_adapters``, ``/rescan_adapters``, ``/current_adapters``,
-``/adapters``."""
+``/adapters`` (local, pulled and Hub-listed adapters), ``/search_hub``, ``/pull_hub_adapter`` (:mod:`.hub_browser`)."""
 from __future__ import annotations
 
 import functools
@@ -12,11 +12,13 @@ import pandas as pd
 
 from trainer.data import DataError, load_image
 from trainer.infer import InferenceError
+from trainer.infer.discover import adapter_listing
 
 from .. import views
 from ..errors import user_errors
 from ..shared import TabContext
 from ..state import ALL
+from .hub_browser import HubBrowser
 
 FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
 COMPARE_COLUMNS = ["adapter", "method", "backbone", "dataset", "top class", "probability", "calibrated", "latency ms",
@@ -75,6 +77,7 @@ class ClassifyTab:
                 self.compare_btn = gr.Button("Compare", variant="secondary")
                 self.compare_out = gr.Dataframe(label="Comparison", interactive=False, wrap=True,
                                                 column_widths=["18%", "8%", "15%", "9%", "12%", "8%", "7%", "8%", "9%", "6%"])
+            self.hub = HubBrowser(ctx)
         p = ctx.pickers
         p.dataset_dd, p.task_dd, p.adapter_dd, p.compare_box, p.status_md = (
             self.dataset_dd, self.task_dd, self.adapter_dd, self.compare_box, self.status_md)
@@ -172,5 +175,10 @@ class ClassifyTab:
         return self.ctx.pickers.updates(self.state, dataset, task, current)
 
     def list_adapters(self) -> list[dict]:
-        """Rescan and list every adapter (local and Hub) with its task, method, backbone, classes and test F1."""
-        return [a.to_dict() for a in self.state.scan()]
+        """Rescan and list every adapter (local and pulled Hub ones) with its task, method, backbone, classes and
+        test F1; then the Hub's MedPEFT adapters not pulled yet (``source: hub-listing``, card metrics)."""
+        return self.adapter_listing()
+
+    def adapter_listing(self, where=None) -> list[dict]:
+        """:meth:`list_adapters` with an optional row filter ``where(row) -> bool`` (per-visitor rules)."""
+        return adapter_listing(self.state.scan(), self.hub.listing(), where)
