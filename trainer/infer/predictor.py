@@ -40,6 +40,7 @@ from ..data.images import to_rgb
 from ..data.transforms import build_transforms, pre_resize
 from ..preflight import hub_reachable
 from .serving import AdapterServer, ServedAdapter
+from .serving import stamp as weights_stamp
 from .store import AdapterInfo, InferenceError, class_names
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class LoadedModel:
     def model(self) -> nn.Module:
         """The module that computes this adapter's raw logits now (its merged copy, or its structure with
         its tensors switched in). Hold :attr:`lock` until done with it: another request may switch."""
-        return self.server.merged(self.served) or self.server.activate(self.served)
+        return self.server.module(self.served)
 
 
 class CompareRow(NamedTuple):
@@ -227,8 +228,9 @@ class Predictor:
     def load(self, adapter: AdapterInfo | str | os.PathLike) -> LoadedModel:
         folder = adapter.folder if isinstance(adapter, AdapterInfo) else Path(adapter)
         key = str(folder.resolve())
-        if key in self._models:
-            return self._models[key]
+        lm = self._models.get(key)
+        if lm is not None and self.server.adapters.get(key) is lm.served and lm.served.stamp == weights_stamp(folder):
+            return lm
         try:
             cfg = adapter.config if isinstance(adapter, AdapterInfo) else read_config(folder)
         except MethodError as e:
@@ -245,10 +247,11 @@ class Predictor:
                          family=family_of(served.structure.model), server=self.server)
         if self.merge and self.memory_mb > 0:
             probe = torch.randn(1, *[int(v) for v in dcfg["input_size"]], generator=torch.Generator().manual_seed(0))
-            self.server.merged(served, probe.to(self.device))
+            self.server.merge(served, probe.to(self.device))
         lm.load_s = time.monotonic() - t0
         with self._lock:
-            return self._models.setdefault(key, lm)
+            self._models[key] = lm
+        return lm
 
     def unload(self, adapter: AdapterInfo | str | os.PathLike) -> None:
         folder = adapter.folder if isinstance(adapter, AdapterInfo) else Path(adapter)

@@ -219,10 +219,19 @@ class ServedAdapter:
     structure: Structure
     tensors: dict[tuple, torch.Tensor]
     load_s: float = 0.0
+    stamp: tuple | None = None  # the weights file's (mtime, size) when loaded
 
     @property
     def bytes(self) -> int:
         return _nbytes(self.tensors.values())
+
+
+def stamp(folder: Path) -> tuple | None:
+    try:
+        st = (folder / WEIGHTS_NAME).stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def structure_key(cfg: AdapterConfig, num_classes: int | None) -> tuple:
@@ -269,24 +278,29 @@ class AdapterServer:
         n = self.num_classes(cfg)
         key = structure_key(cfg, n)
         with self._build_lock(("structure", base.key, key)):
-            if key not in base.structures:
-                with base.lock:
-                    base.structures[key] = build_structure(base.model, key, cfg.method, dict(cfg.hparams or {}), n,
-                                                           self.device)
+            if key not in base.structures:  # reads the base only: requests on it go on meanwhile
+                base.structures[key] = build_structure(base.model, key, cfg.method, dict(cfg.hparams or {}), n,
+                                                       self.device)
             return base.structures[key]
 
     def load(self, folder: str | Path, config: AdapterConfig | None = None, key: str | None = None) -> ServedAdapter:
         """The adapter in ``folder`` on its shared base (loaded once; later calls return it)."""
         folder = Path(folder)
         key = key or str(folder.resolve())
-        if key in self.adapters:
-            return self.adapters[key]
+        served = self.adapters.get(key)
+        if served is not None and served.stamp == stamp(folder):
+            return served
         with self._build_lock(("adapter", key)):
-            if key in self.adapters:
-                return self.adapters[key]
+            served = self.adapters.get(key)
+            now = stamp(folder)
+            if served is not None:
+                if served.stamp == now:
+                    return served
+                self.unload(key)  # the folder was written again (e.g. retrained): load the new tensors
             t0 = time.perf_counter()
-            cfg = config or read_config(folder)
+            cfg = config if config is not None and served is None else read_config(folder)
             base = self.base(cfg)
+            structure = None
             try:
                 structure = self.structure(base, cfg)
                 with base.lock:
@@ -294,16 +308,19 @@ class AdapterServer:
                     tensors = {k: f.clone() for k, f in structure.flats.items()}
                     structure.active = key
             except MethodError as e:
+                if structure is not None and not structure.adapters:
+                    base.structures.pop(structure.key, None)
                 raise InferenceError(f"the adapter in {folder.name} does not fit its backbone: {e}") from e
             structure.adapters.add(key)
             served = ServedAdapter(key=key, folder=folder, config=cfg, base=base, structure=structure,
-                                   tensors=tensors, load_s=time.perf_counter() - t0)
+                                   tensors=tensors, load_s=time.perf_counter() - t0, stamp=now)
             self.adapters[key] = served
             return served
 
     def unload(self, key: str) -> None:
         served = self.adapters.pop(key, None)
         self._merged.pop(key, None)
+        self._merge_failed.pop(key, None)
         if served is not None:
             with served.base.lock:
                 served.structure.adapters.discard(key)
@@ -324,16 +341,25 @@ class AdapterServer:
             s.active = served.key
         return s.model
 
-    def forward(self, served: ServedAdapter, x: torch.Tensor, merged: bool = False) -> torch.Tensor:
+    def module(self, served: ServedAdapter) -> nn.Module:
+        """The module computing ``served``'s raw outputs now: its cached merged copy, else its structure with
+        its tensors switched in. Hold ``served.base.lock`` until done with it."""
+        merged = self._merged.get(served.key)
+        if merged is not None:
+            self._merged.move_to_end(served.key)
+            return merged[0]
+        return self.activate(served)
+
+    def forward(self, served: ServedAdapter, x: torch.Tensor) -> torch.Tensor:
         """Raw logits (the caller applies the adapter's temperature) under the base's lock."""
         with served.base.lock, torch.inference_mode():
-            model = self.merged(served) if merged else None
-            return (model if model is not None else self.activate(served))(x)
+            return self.module(served)(x)
 
     # -- merged copies (optional, under a byte budget)
-    def merged(self, served: ServedAdapter, probe: torch.Tensor | None = None) -> nn.Module | None:
-        """A merged copy of ``served`` (cached while it fits in the budget), None where the budget is 0, the
-        method cannot merge, or merging did not reproduce the adapter's outputs (``merge_note``)."""
+    def merge(self, served: ServedAdapter, probe: torch.Tensor) -> nn.Module | None:
+        """Build (or return) a merged copy of ``served``, checked on ``probe`` to give its outputs, and cache
+        it while it fits in the budget. None where the budget is 0 or too small, the method cannot merge, or
+        merging did not reproduce the outputs (the reason: ``merge_note``)."""
         key = served.key
         if key in self._merged:
             self._merged.move_to_end(key)
@@ -354,11 +380,10 @@ class AdapterServer:
             except (MethodError, RuntimeError) as e:
                 self._merge_failed[key] = f"not merged ({e})"
                 return None
-            if probe is not None:
-                ref, out = model(probe), candidate(probe)
-                if out.shape != ref.shape or float((out - ref).abs().max()) > 1e-4 * (1.0 + float(ref.abs().max())):
-                    self._merge_failed[key] = "merged weights did not reproduce the adapter's outputs: running unmerged"
-                    return None
+            ref, out = model(probe), candidate(probe)
+            if out.shape != ref.shape or float((out - ref).abs().max()) > 1e-4 * (1.0 + float(ref.abs().max())):
+                self._merge_failed[key] = "merged weights did not reproduce the adapter's outputs: running unmerged"
+                return None
         self._merged[key] = (candidate, size)
         while sum(b for _, b in self._merged.values()) > self.merged_budget_bytes and len(self._merged) > 1:
             self._merged.popitem(last=False)

@@ -187,3 +187,20 @@ def test_gradcam_on_a_shared_structure(zoo):
     pa = pred.predict(a, image).probs
     pred.explain(b, image)
     assert pred.predict(a, image).probs == pa  # Grad-CAM left no gradient or state behind
+
+
+def test_an_adapter_written_again_is_reloaded(tmp_path):
+    import os
+
+    folder = make(tmp_path / "a", TINY_VIT, "ssf", 1)
+    pred = Predictor(pretrained=False, device="cpu")
+    image = Image.new("RGB", (40, 40), (70, 20, 220))
+    old = pred.predict(folder, image).probs
+    make(tmp_path / "a", TINY_VIT, "ssf", 2)  # retrained into the same folder
+    weights = folder / "adapter_model.safetensors"
+    st = weights.stat()
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))  # a coarse file-system clock still sees it
+    new = pred.predict(folder, image).probs
+    fresh = Predictor(pretrained=False, device="cpu").predict(folder, image).probs
+    assert new == pytest.approx(fresh, abs=1e-6) and new != pytest.approx(old, abs=1e-4)
+    assert len(pred.server.adapters) == 1 and len(next(iter(pred.server.bases.values())).structures) == 1
