@@ -177,6 +177,11 @@ def best_config(base: TrainConfig, study) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
+    from . import hpo_generation
+
+    if hpo_generation.wants(sys.argv[1:] if argv is None else argv):  # --task generation: multi-objective search
+        return hpo_generation.main(sys.argv[1:] if argv is None else argv)
+
     from adapters import MethodError
 
     from ..data import DataError
