@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError, describe_dir, layout_error, short_list
+from .gen_splits import Pair, hold_out, subsample, train_and_val  # noqa: F401 (Pair, hold_out: public here too)
 from .reports import clean_text, parse_report, prompt_of
 
 MIMIC_LAYOUT = """\
@@ -58,15 +59,7 @@ CSV_LAYOUT = """\
 DATA.csv with a header row: path,text[,split]
   path   image file, relative to the CSV's folder (or absolute)
   text   the report / prompt
-  split  optional: train or test (default: a seeded random test split)"""
-
-@dataclass
-class Pair:
-    path: str
-    text: str
-    group: str = ""  # mimic_cxr: patient group (p10..p19)
-    study: str = ""
-
+  split  optional: train, val or test (default: a seeded random test split)"""
 
 @dataclass
 class GenData:
@@ -78,42 +71,6 @@ class GenData:
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "test": len(self.test), **({"val": len(self.val)} if self.val else {})}
-
-
-def _patient(p: Pair) -> str:
-    """The patient a pair belongs to (mimic_cxr: pNN/pXXXXXXXX/...; otherwise the pair itself)."""
-    parts = p.study.split("/")
-    return parts[1] if len(parts) > 1 else p.path
-
-
-def hold_out(pairs: list[Pair], frac: float | None, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Split ``pairs`` into (kept, held-out) with about ``frac`` of them held out, whole patients at a
-    time (a patient's other images would otherwise look like memorized copies), seeded."""
-    if not frac or len(pairs) < 2:
-        return list(pairs), []
-    patients = sorted({_patient(p) for p in pairs})
-    random.Random(seed * 7919 + 17).shuffle(patients)
-    want, chosen, n = max(1, int(round(len(pairs) * frac))), set(), 0
-    counts: dict[str, int] = {}
-    for p in pairs:
-        counts[_patient(p)] = counts.get(_patient(p), 0) + 1
-    for pt in patients:
-        if n >= want or len(chosen) == len(patients) - 1:
-            break
-        chosen.add(pt)
-        n += counts[pt]
-    return [p for p in pairs if _patient(p) not in chosen], [p for p in pairs if _patient(p) in chosen]
-
-
-def _subsample(pairs: list[Pair], fraction: float, n_train: int | None, seed: int) -> list[Pair]:
-    if n_train is None and fraction >= 1:
-        return list(pairs)
-    n = int(n_train) if n_train is not None else max(1, int(round(len(pairs) * fraction)))
-    if n > len(pairs):
-        raise DataError(f"n_train={n} but only {len(pairs)} training pairs are available")
-    rng = random.Random(seed)
-    idx = sorted(rng.sample(range(len(pairs)), n))
-    return [pairs[i] for i in idx]
 
 
 def _token_filter(pairs: list[Pair], tokenizer, lo: int | None, hi: int | None, notes: list[str]) -> list[Pair]:
@@ -262,11 +219,12 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
                  f"(and train_groups=...), or split=official with the official split file")
         raise DataError(f"MIMIC-CXR split is empty: {len(train)} training and {len(test)} test pairs ({where}). "
                         f"{describe_dir(images_root)}")
-    if val_frac and not val:  # p19 protocol: whole training patients held out
-        train, val = hold_out(train, val_frac, seed)
+    if val:
+        train = subsample(train, fraction, n_train, seed)
+    else:  # p19 protocol: validation patients the training pairs do not include
+        train, val = train_and_val(train, fraction, n_train, val_frac, seed)
     if val:
         notes.append(f"validation: {len(val)} pairs of patients never trained on")
-    train = _subsample(train, fraction, n_train, seed)
     return GenData("mimic_cxr", train, test, notes, val)
 
 
@@ -332,11 +290,12 @@ def load_csv_pairs(data_dir: str | os.PathLike, tokenizer=None, *, min_tokens: i
         test_idx = set(order[:n_test])
         train = [p for i, p in enumerate(pairs) if i not in test_idx]
         test = [p for i, p in enumerate(pairs) if i in test_idx]
-    if val_frac and not val:
-        train, val = hold_out(train, val_frac, seed)
     if not train or not test:
         raise DataError(f"{path}: {len(train)} training and {len(test)} test pairs; both must be non-empty")
-    return GenData("csv", _subsample(train, fraction, n_train, seed), test, notes, val)
+    if val:
+        return GenData("csv", subsample(train, fraction, n_train, seed), test, notes, val)
+    train, val = train_and_val(train, fraction, n_train, val_frac, seed)
+    return GenData("csv", train, test, notes, val)
 
 
 GEN_DATASETS = {"mimic_cxr": load_mimic_cxr, "csv": load_csv_pairs}

@@ -107,3 +107,17 @@ def test_multi_objective_search_end_to_end(tiny_dir, pairs_csv, tmp_path):  # no
     fronts = sorted((out / "front").glob("trial_*.yaml"))
     assert len(fronts) == len(summary["front"])
     assert (out / f"trial_{summary['knee']:04d}" / "geneval" / "val.json").is_file()
+
+
+def test_validation_keeps_the_paper_training_size():
+    """A fraction's training pairs are the same with and without validation; validation patients come from
+    the pairs the fraction leaves unused."""
+    from trainer.data.text2img import Pair, train_and_val
+
+    pool = [Pair(f"/x/{i}.jpg", "t", "p10", f"p10/p{i // 2}/s{i}") for i in range(200)]
+    plain, none = train_and_val(pool, 0.1, None, None, seed=3)
+    train, val = train_and_val(pool, 0.1, None, 0.05, seed=3)
+    assert none == [] and train == plain and len(train) == 20 and 9 <= len(val) <= 11
+    assert not ({p.study.split("/")[1] for p in train} & {p.study.split("/")[1] for p in val})
+    full, val = train_and_val(pool, 1.0, None, 0.05, seed=3)  # nothing unused: held out first
+    assert len(full) + len(val) == 200 and len(val) >= 9
