@@ -49,6 +49,7 @@ from adapters.io import AdapterConfig, save_adapter
 from ..config import ConfigError, TrainConfig
 from ..diffusion import (GenerationError, build_pipeline, check_base, diffusion_loss, encode_images, encode_prompts,
                          from_pretrained, load_components)
+from ..geneval.nearest import write_train_pairs
 from ..geneval.scoring import generate_images, score_run
 from ..run_dir import RunDir, RunResults
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -286,6 +287,7 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
                   "mixed_precision": rt.precision, "ema": cfg.ema})
     if main:
         save_adapter(plain, run_dir.adapter_dir(seed), acfg)
+        write_train_pairs(out, data.train)  # the app's nearest-training-image view (local paths, not pushed)
         if cfg.fid_samples > 0:  # FID, KID, PRDC, diversity, memorization (trainer.geneval)
             scored = score_run(cfg, parts, plain, data, out, accelerator, seed)
             result["test"], result["val"] = scored["test"], scored["val"] or {}
