@@ -15,7 +15,8 @@ from ..config import FIELDS, ConfigError, TrainConfig
 from . import hpo
 
 GRID_KEYS = ("method", "dataset", "backbone", "fraction")
-HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective")
+HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective",
+            "objectives", "population")  # the last two: generation's NSGA-II search (trainer.study.hpo_generation)
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,8 @@ def fixed_names(grid: dict[str, Any], cell: Cell) -> set[str]:
 
 
 def search_trials(grid: dict[str, Any], cfg: TrainConfig) -> int:
-    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (no validation score)."""
+    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (its multi-objective search
+    runs through :func:`trainer.study.hpo_generation.cell_search`)."""
     return int((grid.get("hpo") or {}).get("trials", 0)) if cfg.task == "classification" else 0
 
 
