@@ -65,7 +65,8 @@ def build_app(settings: Settings | str | os.PathLike | None = None, *, hub_repos
                                      results_dirs=results_dirs, examples_dir=examples_dir,
                                      hub_endpoint=hub_endpoint, train_dir=train_dir, create_demo=create_demo)
     lean_session_state()  # a session costs what it changed, not the whole layout (README: Public mode)
-    state = AppState(settings, predictor or Predictor(), generator or Generator())
+    state = AppState(settings, predictor or Predictor(memory_mb=settings.serve_memory_mb),
+                     generator or Generator())
     load_adapters(state)
     if state.private is not None:
         state.private.start_sweeper()

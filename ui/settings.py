@@ -15,6 +15,8 @@ of the app and the library get them as arguments.
 - ``MEDPEFT_STATE_CAPACITY``: how many recent sessions keep Gradio state (default 1000)
 - ``MEDPEFT_GPU_MAX_S``: the longest GPU call ZeroGPU grants (default 120 s; longer Train jobs are refused)
 - ``SPACE_ID`` (set by Hugging Face Spaces), ``OAUTH_CLIENT_ID`` (set where the Space has ``hf_oauth: true``)
+- ``MEDPEFT_SERVE_MEMORY_MB``: memory for merged copies of adapters (default 0: none; every adapter is
+  served unmerged on one shared frozen base per backbone, see ``trainer.infer.serving``)
 - ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``: host and port (``python app.py`` defaults)
 - ``HF_ENDPOINT`` (through huggingface_hub) and ``HF_TOKEN`` are read by the Hub client itself.
 """
@@ -60,6 +62,7 @@ class Settings:
     examples_dir: Path | None = None  # default: <tmp>/medpeft-app-examples
     train_dir: Path | None = None  # the Train tab's scratch folder; default a new temporary folder
     create_demo: bool = True  # write an ImageNet demo adapter when no adapter is found
+    serve_memory_mb: float = 0.0  # merged adapter copies kept within this many MB (0: none)
     public: bool | None = None  # None: decided by space_id and host (see ``is_public``)
     space_id: str = ""
     oauth: bool = False  # the Space offers "Sign in with Hugging Face" (hf_oauth: true)
@@ -97,6 +100,7 @@ class Settings:
                       data_roots=split("MEDPEFT_DATA_ROOTS", os.pathsep),
                       host=env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
                       port=int(env.get("GRADIO_SERVER_PORT") or 7860),
+                      serve_memory_mb=_nonnegative(env.get("MEDPEFT_SERVE_MEMORY_MB"), "MEDPEFT_SERVE_MEMORY_MB"),
                       public=_flag(env.get("MEDPEFT_PUBLIC")), space_id=(env.get("SPACE_ID") or "").strip(),
                       oauth=bool((env.get("OAUTH_CLIENT_ID") or "").strip()),
                       private_dir=env.get("MEDPEFT_PRIVATE_DIR") or None,
@@ -114,3 +118,15 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def _nonnegative(value: str | None, name: str) -> float:
+    if not (value or "").strip():
+        return 0.0
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of megabytes, not {value!r}") from None
+    if v < 0 or v != v:
+        raise ValueError(f"{name} must be >= 0, not {value!r}")
+    return v

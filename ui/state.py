@@ -38,6 +38,7 @@ class AppState:
         self.generator = generator
         self._lock = threading.Lock()
         self.operator_adapters = AdapterList()  # the adapters folder and the Hub zoo: everyone's
+        self.pulled: list[str] = []  # Hub repos pulled from the Classify tab's Hub search (issue 21)
         self.private: PrivateStore | None = None
         if settings.is_public:
             import tempfile
@@ -102,7 +103,7 @@ class AppState:
 
     @property
     def hub_repos(self) -> list[str]:
-        return list(self.settings.hub_repos)
+        return list(dict.fromkeys([*self.settings.hub_repos, *self.pulled]))
 
     @property
     def hub_endpoint(self) -> str | None:

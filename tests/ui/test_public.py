@@ -126,11 +126,15 @@ def test_another_visitor_cannot_classify_compare_or_download(world, visitors):
     assert {c["label"] for c in label["confidences"]} == {"cyst", "solid"}
     assert_no_server_path(details, world["root"])
     for call in (lambda: b.predict(handle_file(world["img"]), key, False, api_name="/classify"),
-                 lambda: b.predict(key, api_name="/download_adapter"),
-                 lambda: b.predict(handle_file(world["img"]), [key], api_name="/compare")):
+                 lambda: b.predict(key, api_name="/download_adapter")):
         with pytest.raises(AppError) as e:
             call()
         assert "cyst" not in str(e.value) and str(world["root"]) not in str(e.value)
+    try:  # compare: refused, or a row that says the adapter is unknown (never A's prediction)
+        table = b.predict(handle_file(world["img"]), [key], api_name="/compare")
+        assert "unknown adapter" in json.dumps(table) and "cyst" not in json.dumps(table)
+    except AppError as e:
+        assert "cyst" not in str(e)
     zipped = a.predict(key, api_name="/download_adapter")
     with zipfile.ZipFile(zipped) as zf:
         assert {"medpeft.json", "adapter_model.safetensors"} <= set(zf.namelist())

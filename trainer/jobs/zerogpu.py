@@ -86,16 +86,10 @@ def _compare_seconds(predictor_id: int, adapters, image) -> int:
 
 
 @gpu(duration=_compare_seconds)
-def compare(predictor_id: int, adapters, image) -> list[tuple[Any, str | None]]:
-    """(prediction or None, error message or None) per adapter: one failing adapter does not hide the others."""
-    predictor = _worker(predictor_id)
-    out = []
-    for adapter in adapters:
-        try:
-            out.append((predictor.predict(adapter, image), None))
-        except ValueError as e:  # InferenceError and friends
-            out.append((None, str(e)))
-    return out
+def compare(predictor_id: int, adapters, image) -> list:
+    """The predictor's ``compare`` (one result per adapter, with its error: one failing adapter does not
+    hide the others) in one GPU call."""
+    return _worker(predictor_id).compare(list(adapters), image)
 
 
 def generate_seconds(generator_id: int, prompt: str, base: str, adapter_dir, steps: int = 25, *args, **kwargs) -> int:
