@@ -40,7 +40,7 @@ from trainer.infer import Generator, Predictor, create_demo_adapter  # noqa: E40
 from . import views  # noqa: E402
 from .settings import Settings  # noqa: E402
 from .shared import TabContext  # noqa: E402
-from .state import AppState, OutputFiles, lean_session_state, write_examples  # noqa: E402
+from .state import AppState, OutputFiles, lean_session_state, limit_malloc_arenas, write_examples  # noqa: E402
 from .tabs.about import AboutTab  # noqa: E402
 from .tabs.classify import ClassifyTab  # noqa: E402
 from .tabs.generate import GenerateTab  # noqa: E402
@@ -65,6 +65,8 @@ def build_app(settings: Settings | str | os.PathLike | None = None, *, hub_repos
                                      results_dirs=results_dirs, examples_dir=examples_dir,
                                      hub_endpoint=hub_endpoint, train_dir=train_dir, create_demo=create_demo)
     lean_session_state()  # a session costs what it changed, not the whole layout (README: Public mode)
+    if settings.is_public:  # many visitors' inference threads: bounded native memory (README: Public mode)
+        limit_malloc_arenas()
     state = AppState(settings, predictor or Predictor(memory_mb=settings.serve_memory_mb),
                      generator or Generator())
     load_adapters(state)
