@@ -49,6 +49,13 @@ def _flag(value: str | None) -> bool | None:
     return value.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _can_sign_in() -> bool:
+    """Gradio's "Sign in with Hugging Face" needs ``itsdangerous`` (in the Space's requirements)."""
+    import importlib.util
+
+    return importlib.util.find_spec("itsdangerous") is not None
+
+
 @dataclass(frozen=True)
 class Settings:
     adapters_dir: Path = Path("runs")
@@ -102,7 +109,7 @@ class Settings:
                       port=int(env.get("GRADIO_SERVER_PORT") or 7860),
                       serve_memory_mb=_nonnegative(env.get("MEDPEFT_SERVE_MEMORY_MB"), "MEDPEFT_SERVE_MEMORY_MB"),
                       public=_flag(env.get("MEDPEFT_PUBLIC")), space_id=(env.get("SPACE_ID") or "").strip(),
-                      oauth=bool((env.get("OAUTH_CLIENT_ID") or "").strip()),
+                      oauth=bool((env.get("OAUTH_CLIENT_ID") or "").strip()) and _can_sign_in(),
                       private_dir=env.get("MEDPEFT_PRIVATE_DIR") or None,
                       private_ttl=number("MEDPEFT_PRIVATE_TTL", 86400.0),
                       cache_ttl=number("MEDPEFT_CACHE_TTL", 3600.0),

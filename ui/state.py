@@ -220,6 +220,11 @@ class OutputFiles:
             scale = -(-self.min_side // min(image.size))
             image = image.resize((image.width * scale, image.height * scale), resample=0)
         image.save(path, format="PNG")
+        return self.add(path)
+
+    def add(self, path: str | os.PathLike) -> str:
+        """Count a file written into ``folder`` (e.g. an adapter zip) among the newest ``keep``."""
+        path = Path(path)
         with self._lock:
             self._files.append(path)
             while len(self._files) > self.keep:

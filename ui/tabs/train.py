@@ -213,8 +213,8 @@ class TrainTab:
 
         adapter = self.own_adapter(adapter_key)
         stem = f"{Path(adapter.name.removeprefix('yours: ')).as_posix().replace('/', '-')}-{uuid.uuid4().hex[:8]}"
-        archive = shutil.make_archive(str(self.ctx.outputs.folder / stem), "zip", root_dir=adapter.folder)
-        return archive
+        return self.ctx.outputs.add(shutil.make_archive(str(self.ctx.outputs.folder / stem), "zip",
+                                                        root_dir=adapter.folder))
 
     def own_adapter(self, adapter_key: str | None):
         """The adapter a visitor may download or push: their own (public mode) or any local one."""
