@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from trainer.jobs.private import duration_text
+
 from . import views
 from .state import ALL, AppState, OutputFiles
 
@@ -51,7 +53,7 @@ def adapter_status(state: AppState) -> str:
     text = text.replace("`the server's adapter folder`", "the server's adapter folder")
     n = len(state.private_adapters())
     ttl = state.settings.private_ttl
-    keep = f"{ttl / 3600:g} h" if ttl >= 3600 else f"{ttl:g} s"
+    keep = duration_text(ttl)
     return text + (f"; {n} of them yours (private to you, deleted {keep} after training)" if n else "")
 
 

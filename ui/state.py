@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from trainer.infer import AdapterList, Generator, InferenceError, Predictor, find_adapters
-from trainer.jobs.private import PrivateStore
+from trainer.jobs.private import PrivateStore, duration_text
 from trainer.study import results as R
 
 from .settings import Settings
@@ -144,7 +144,7 @@ class AppState:
         if a is None:
             if str(key).startswith(PRIVATE_PREFIX) and self.private is not None:
                 raise InferenceError(f"unknown adapter {key!r}: private adapters are kept "
-                                     f"{self.settings.private_ttl / 3600:g} h and only for the visitor who "
+                                     f"{duration_text(self.settings.private_ttl)} and only for the visitor who "
                                      "trained them (press 'Rescan adapters')")
             raise InferenceError(f"unknown adapter {key!r}: press 'Rescan adapters' or choose one from the list")
         if kind == "classification" and a.task == "generation":

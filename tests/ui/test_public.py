@@ -168,7 +168,7 @@ def test_a_visitors_training_is_private_and_names_no_server_path(world, visitors
                     api_name="/train")
     status, _, metrics, _, _, summary = out[:6]
     key = summary["adapter_key"]
-    assert key.startswith("private:mydata") and "deleted 24 h after training" in metrics
+    assert key.startswith("private:mydata") and "deleted 24 hours after training" in metrics
     assert_no_server_path([status, metrics, summary, out[6:]], world["root"])
     assert key in keys_of(a) and key not in keys_of(b)
     with pytest.raises(AppError):
@@ -211,6 +211,9 @@ def test_private_data_is_deleted_after_the_ttl(tmp_path):
     for p in [old, *old.rglob("*"), old.parent, old.parent.parent]:
         os.utime(p, (past, past))
     assert store.sweep() == 1
+    from trainer.jobs.private import duration_text
+
+    assert [duration_text(t) for t in (86400, 120, 1)] == ["24 hours", "2 minutes", "1 second"]
     assert not (tmp_path / "private" / "s-old").exists() and new.is_dir()
 
 
@@ -225,7 +228,7 @@ def test_private_adapter_disappears_from_the_app_after_a_tiny_ttl(tmp_path):
         while key in keys_of(a) and time.time() < deadline:
             time.sleep(0.5)
         assert key not in keys_of(a)
-        with pytest.raises(AppError, match="kept 0.000277778 h|only for the visitor"):
+        with pytest.raises(AppError, match="kept 1 second and only for the visitor who trained them"):
             a.predict(handle_file(str(retina_png(tmp_path / "r.png", 64))), key, False, api_name="/classify")
     finally:
         demo.close()

@@ -33,6 +33,16 @@ def owner_id(user: str | None = None, session: str | None = None) -> str:
     return "anonymous"
 
 
+def duration_text(seconds: float) -> str:
+    """86400 -> ``24 hours``, 120 -> ``2 minutes``, 5 -> ``5 seconds`` (for "deleted ... after training")."""
+    for unit, size in (("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size or unit == "second":
+            n = round(seconds / size, 1)
+            n = int(n) if n == int(n) else n
+            return f"{n} {unit}{'' if n == 1 else 's'}"
+    return f"{seconds:g} seconds"
+
+
 def newest_mtime(path: Path) -> float:
     """The newest modification time of ``path`` and everything below it."""
     newest = path.lstat().st_mtime

@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 
 from adapters.io import PAPER_CITATION
+from trainer.jobs.private import duration_text
 
 from ..views import DISCLAIMER
 
@@ -26,7 +27,7 @@ def mode_markdown(settings) -> str:
     why = ("on a Hugging Face Space" if settings.space_id else
            "listening on a public address" if settings.public is None else "asked for (--public)")
     ttl = settings.private_ttl
-    keep = f"{ttl / 3600:g} hours" if ttl >= 3600 else f"{ttl:g} seconds"
+    keep = duration_text(ttl)
     owner = ("your Hugging Face account once you sign in (otherwise this browser session)" if settings.oauth
              else "this browser session (a reload starts a new one)")
     data = ("registered datasets only from the server's data roots" if settings.data_roots
@@ -35,7 +36,7 @@ def mode_markdown(settings) -> str:
             f"{owner}: no other visitor can list, use or download them, and they are deleted {keep} after "
             f"training (download the zip or push to your Hub account to keep one). The Train tab reads {data}. "
             "The operator's adapters are listed for everyone. Temporary files are deleted after "
-            f"{settings.cache_ttl / 60:g} minutes; the server keeps the page state of the "
+            f"{duration_text(settings.cache_ttl)}; the server keeps the page state of the "
             f"{settings.state_capacity} most recent visitors (an older page reloads its lists; it never gets "
             "another visitor's result).")
 

@@ -16,6 +16,7 @@ import gradio as gr
 from trainer.data import DATASETS, DataError
 from trainer.infer import InferenceError
 from trainer.jobs import options, zerogpu
+from trainer.jobs.private import duration_text
 from trainer.jobs.progress import HPO_TRIAL_EPOCHS, TrainProgress, elapsed, metric_label, pct
 from trainer.jobs.quick_hpo import QuickHPOJob
 from trainer.jobs.runs import best_seed, new_run_dir, results_for_adapter, run_summary
@@ -77,7 +78,8 @@ class TrainTab:
                                           file_types=[".zip"], type="filepath", height=120, elem_id="train-zip")
                     with gr.Row():
                         self.source_dd = gr.Dropdown(registered_datasets(self.uploads_only), value=UPLOAD,
-                                                     label="Dataset", scale=1)
+                                                     label="Dataset", scale=1,  # (uploads only: a plain refusal)
+                                                     allow_custom_value=self.uploads_only)
                         self.data_dir_in = gr.Textbox(label="Data dir (registered datasets)", scale=1,
                                                       visible=not self.uploads_only,
                                                       placeholder="a folder under the server's data roots" if
@@ -168,7 +170,7 @@ class TrainTab:
 
     def privacy_note(self) -> str:
         ttl = self.state.settings.private_ttl
-        keep = f"{ttl / 3600:g} hours" if ttl >= 3600 else f"{ttl:g} seconds"
+        keep = duration_text(ttl)
         who = ("your Hugging Face account when you sign in, else this browser session: its work ends with it"
                if self.state.settings.oauth else "this browser session: its work ends with it (a reload is a new "
                "session)")
@@ -264,7 +266,7 @@ class TrainTab:
     # ------------------------------------------------------------------ training
     def privacy_keep(self) -> str:
         ttl = self.state.settings.private_ttl
-        return f"{ttl / 3600:g} h" if ttl >= 3600 else f"{ttl:g} s"
+        return duration_text(ttl)
 
     def status_html(self, run: TrainRun) -> str:
         progress = run.progress
