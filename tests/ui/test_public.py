@@ -351,3 +351,38 @@ def test_space_config_suggests_zerogpu_and_preloads_the_sd_base():
     card = space_card((root / "README.md").read_text(), "org/sd-cxr")
     assert "org/sd-cxr" in yaml.safe_load(card.split("---")[1])["preload_from_hub"]
     assert space_card(card, "/local/pipeline") == card
+
+
+def test_a_train_job_over_the_zerogpu_limit_is_refused_through_the_api(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPACE_ID", "me/medpeft")  # on a Space (no spaces package here: the limit still holds)
+    demo = build_app(public_settings(tmp_path, gpu_max_s=5))
+    url = start_app(demo)
+    try:
+        data = write_digits(tmp_path / "digits", per_class=6, size=16)
+        zpath = tmp_path / "d.zip"
+        with zipfile.ZipFile(zpath, "w") as zf:
+            for f in sorted(data.rglob("*.png")):
+                zf.write(f, f.relative_to(data.parent).as_posix())
+        with pytest.raises(AppError, match="more than the 5 s ZeroGPU allows per job"):
+            Client(url, verbose=False).predict(handle_file(str(zpath)), "upload", "", "", "ssf", False, 2, 50, 8,
+                                               5e-3, 64, "", api_name="/train")
+        assert not list(demo.medpeft_state.private.root.rglob("medpeft.json"))  # nothing trained
+    finally:
+        demo.close()
+
+
+def test_train_jobs_on_zerogpu_stream_from_one_gpu_call(fake_space):
+    from trainer.jobs import zerogpu
+
+    class Job:
+        def start(self):
+            return self
+
+        def events(self):
+            yield {"kind": "epoch", "epoch": 1}
+            yield {"kind": "done", "results": {"ok": True}}
+
+    job = zerogpu.ZeroGPUJob(Job, 90).start()
+    assert [e["kind"] for e in job.events()] == ["epoch", "done"] and job.results == {"ok": True}
+    assert ("train_events", 90) in fake_space
+    assert list(job.events()) == []  # the stream runs once (a drain after a lost client ends at once)
