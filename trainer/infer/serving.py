@@ -55,6 +55,18 @@ from .store import InferenceError
 log = logging.getLogger(__name__)
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``): building a structure allocates and
+    frees copies (e.g. LoRA's split q/k/v before they become views of the base), which would otherwise stay
+    in the process's resident size."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
+        pass
+
+
 def _storage(t: torch.Tensor) -> tuple:
     return (t.device, t.untyped_storage().data_ptr())
 
@@ -281,6 +293,7 @@ class AdapterServer:
             if key not in base.structures:  # reads the base only: requests on it go on meanwhile
                 base.structures[key] = build_structure(base.model, key, cfg.method, dict(cfg.hparams or {}), n,
                                                        self.device)
+                release_freed_memory()
             return base.structures[key]
 
     def load(self, folder: str | Path, config: AdapterConfig | None = None, key: str | None = None) -> ServedAdapter:
