@@ -27,6 +27,11 @@ def base_model_id(backbone: str, pretrained: bool = True) -> str | None:
 
     if not pretrained:
         return None
+    from adapters.foundation import find_preset
+
+    preset = find_preset(backbone)
+    if preset is not None:  # a foundation preset: its Hub repo (None for a file such as MRM.pth)
+        return preset.hub_id
     if "/" in backbone:
         return backbone.removeprefix("hf-hub:").removeprefix("hf_hub:")
     if backbone == OFFLINE_LITE0:  # the same TF EfficientNet-Lite0 ImageNet weights, ported by lukemelas

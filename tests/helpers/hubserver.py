@@ -25,7 +25,8 @@ Endpoints:
 ``GET  /api/models/{repo}[/revision/{rev}]``          sha, private, siblings
 ``GET  /api/models/{repo}/tree/{rev}[/{path}]``       files (+ folders unless ``recursive``)
 ``HEAD|GET /{repo}/resolve/{rev}/{path}``             X-Repo-Commit, quoted ETag (git blob sha1),
-                                                      Content-Length; ``Range: bytes=a-[b]``
+                                                      Content-Length; ``Range: bytes=a-[b]``; a gated
+                                                      repo (``gate()``) answers 401 GatedRepo without the token
 ====================================================  =============================================
 
 Auth: writes and whoami need ``Authorization: Bearer <token>`` (401 otherwise; the Hub's
@@ -67,6 +68,7 @@ class FakeHub:
         self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.gated: set[str] = set()  # repos whose files need the token (see gate())
 
     # ------------------------------------------------------------------ lifecycle and inspection
     def start(self) -> "FakeHub":
@@ -93,6 +95,11 @@ class FakeHub:
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         return dict(self._snapshot(repo_id, revision, self.token)[1])
+
+    def gate(self, repo_id: str) -> None:
+        """Make ``repo_id`` gated, as the Hub does for licensed models: its info is public, but its files
+        answer 401 ``GatedRepo`` without the token (the client raises ``GatedRepoError``)."""
+        self.gated.add(repo_id)
 
     # ------------------------------------------------------------------ repo state
     def _repo(self, repo_id: str, auth: str | None) -> dict:
@@ -288,6 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, list(entries.values()))
 
     def resolve(self, query, repo, rev, path) -> None:
+        if repo in self.fake.gated and self._auth() != self.fake.token:
+            raise HubHTTPError(401, f"Access to model {repo} is restricted. You must have access to it and be "
+                                    f"authenticated to access it. Please log in.", "GatedRepo")
         sha, files = self.fake._snapshot(repo, rev, self._auth())
         if path not in files:
             raise HubHTTPError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": sha})
