@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from adapters import METHODS, OFFLINE_LITE0
+from adapters.foundation import preset_names
 
 from .config import (CHOICES, DEFAULT_CNN, DEFAULT_VIT, FIELDS, RUNS_DIR, ConfigError, TrainConfig, dataset_names,
                      flag, load_yaml)
@@ -23,10 +24,13 @@ HELP: dict[str, str] = {
     "method": "PEFT method: {methods} (details: python -m adapters list)",
     "dataset": "dataset loader, reading its download layout: {datasets} (generation: {gen_datasets})",
     "data_dir": "the dataset's folder as downloaded (required)",
-    "backbone": (f"timm model name, or {OFFLINE_LITE0} (ImageNet weights that need no network) "
+    "backbone": (f"a foundation preset ({', '.join(preset_names())}: downloads its Hub repo; licences and "
+                 f"gating: python -m adapters backbones), a timm model name, or {OFFLINE_LITE0} (ImageNet weights "
+                 f"that need no network) "
                  f"(default: ViT-B/16 {DEFAULT_VIT} for ViT methods, ResNet50 {DEFAULT_CNN} for CNN-only ones)"),
     "img_size": "input size in pixels (default: the backbone's own, e.g. 224)",
-    "init_checkpoint": "foundation weights to start from: a .pth (MAE format), .safetensors or hf-hub:org/name (default: none)",
+    "init_checkpoint": ("foundation weights to start from: a .pth (MAE format), .safetensors or hf-hub:org/name; "
+                        "with a preset --backbone, a folder laid out as its Hub repo (default: none)"),
     "global_pool": "ViT pooling: token or avg (default: timm's; avg + fc_norm with --init-checkpoint, as MAE fine-tuning)",
     "fc_norm": "ViT: LayerNorm on the pooled features (default: with avg pooling of an init checkpoint)",
     "drop_path": "stochastic depth rate (default: the backbone's)",

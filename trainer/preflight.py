@@ -96,6 +96,19 @@ def check_backbone(name: str, pretrained: bool = True, init_checkpoint: str | No
 
     if name == OFFLINE_LITE0:
         return
+    from adapters.foundation import find_preset
+
+    preset = find_preset(name)
+    if preset is not None:  # a foundation preset (python -m adapters backbones)
+        if pretrained and not init_checkpoint and preset.hub_id is None:
+            raise BackboneError(f"{preset.name} has no Hub repo: {preset.get}")
+        if not pretrained or init_checkpoint or hub_cached(preset.hub_id, ("config.json", "open_clip_config.json",
+                                                                           preset.weights_file or "config.json")):
+            return
+        if not hub_reachable():
+            raise BackboneError(f"backbone {name!r} needs its Hub repo {preset.hub_id}, but {_why_no_hub()} and it "
+                                f"is not in the local cache; pass --init-checkpoint DIR with a local copy of the repo")
+        return
     files = HUB_WEIGHT_FILES
     if name.startswith(("hf-hub:", "hf_hub:")):
         hub_id = name.split(":", 1)[1]

@@ -218,3 +218,19 @@ def adapter_status(adapters: AdapterList, adapters_dir: Path, with_hub: bool) ->
     if adapters.messages:
         text += "\n\n" + "\n".join(f"- {m}" for m in adapters.messages)
     return text
+
+
+def nearest_training_markdown(result: dict) -> str:
+    """The Generate tab's line under the nearest training image (trainer.geneval.nearest)."""
+    if not result.get("available"):
+        return f"Nearest training image: not available. {result.get('reason', '')}".strip()
+    verdict = ""
+    if result.get("flagged") is not None:
+        verdict = (" **Flagged as a near-copy** (below the run's calibrated threshold "
+                   f"{result['threshold']:.3f})." if result["flagged"] else
+                   f" Not a near-copy (the run's calibrated threshold is {result['threshold']:.3f}).")
+    missing = result["n_listed"] - result["n_train"]
+    note = f" ({missing} listed training images are not on this machine.)" if missing else ""
+    return (f"Nearest of {result['n_train']:,} training images: `{Path(result['path']).name}`, pixel distance "
+            f"{result['distance']:.3f} (1 - aligned correlation), relative distance {result['relative']:.3f} "
+            f"(to the next nearest).{verdict}{note}")

@@ -99,7 +99,8 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
     index = load_data(cfg)
     backbone = cfg.resolved_backbone()
     with torch.device("meta"):  # only the preprocessing config is needed: no weights allocated
-        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
+        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size,
+                                init_checkpoint=cfg.init_checkpoint)  # a preset's repo copy: its config only
     dcfg = model_data_config(probe, cfg)
     cache_dir = image_cache_dir(cfg.cache_dir)  # MEDPEFT_CACHE_DIR, never beside the run folder
     with accelerator.main_process_first():

@@ -242,6 +242,10 @@ class Sweep:
         if (out / "results.json").exists():
             return "done"
         search = None
+        if cfg.task == "generation":  # NSGA-II over FID and memorization on validation, then seeds at the knee
+            from .hpo_generation import cell_search
+
+            search = cell_search(self.grid, cfg, self.storage, f"{self.grid['name']}/{cell.key}/pareto")
         if search_trials(self.grid, cfg) > 0:
             state, search = self._search(i, cell, cfg)
             if state == "failed":

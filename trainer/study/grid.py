@@ -15,7 +15,8 @@ from ..config import FIELDS, ConfigError, TrainConfig
 from . import hpo
 
 GRID_KEYS = ("method", "dataset", "backbone", "fraction")
-HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective")
+HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective",
+            "objectives", "population")  # the last two: generation's NSGA-II search (trainer.study.hpo_generation)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,9 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
                   output_dir=str(Path(results_dir) / cell.key), seeds=list(grid.get("seeds", [0])))
     if cell.backbone:
         values["backbone"] = cell.backbone
+    checkpoints = grid.get("init_checkpoints") or {}  # per backbone (foundation presets' files or repo copies)
+    if cell.backbone in checkpoints:
+        values["init_checkpoint"] = str(checkpoints[cell.backbone])
     data_dirs = grid.get("data_dirs") or {}
     if cell.dataset in data_dirs:
         values["data_dir"] = str(data_dirs[cell.dataset])
@@ -96,7 +100,8 @@ def fixed_names(grid: dict[str, Any], cell: Cell) -> set[str]:
 
 
 def search_trials(grid: dict[str, Any], cfg: TrainConfig) -> int:
-    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (no validation score)."""
+    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (its multi-objective search
+    runs through :func:`trainer.study.hpo_generation.cell_search`)."""
     return int((grid.get("hpo") or {}).get("trials", 0)) if cfg.task == "classification" else 0
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from .disk_use import disk_use, disk_use_markdown
 from .efficiency import efficiency_rows
 from .fairness_views import fairness_table, subgroup_attributes, subgroup_view
+from .report_generation import generation_section
 from .report_plots import data_volume_plot, efficiency_plot, pareto_plot
 from .results import LOWER_IS_BETTER, REFERENCE_SOURCE, all_rows, format_score, local_rows, ranks, reference_rows
 
@@ -132,6 +133,9 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
             md += ["## Efficiency per run (trainable parameters, peak GPU memory, time per epoch, adapter "
                    "size, chosen hyper-parameters)", "", _markdown(view.astype(object).fillna("")), ""]
         md += fairness_markdown(local[local["task"] == task])
+        if task == "generation":  # Table 4 beyond FID (trainer.study.report_generation)
+            extra, files = generation_section(local, results_dir, out)
+            md, written = md + extra, written + files
         md += disk_use_markdown(results_dir)
         path = out / f"{task}.md"
         path.write_text("\n".join(md))
