@@ -18,6 +18,7 @@ from .registry import METHODS, Method, apply_method, get_method, merge_method, m
 
 # Importing the method package registers every method (adapters/methods/: one file per method).
 from . import methods  # noqa: E402,F401
+from . import peft_tuners  # noqa: E402,F401  (every peft tuner through one table)
 
 __all__ = ["OFFLINE_LITE0", "BackboneError", "create_backbone", "data_config", "MethodError", "NotMergeable",
            "count_params", "family_of", "head_name", "trainable_names", "unwrap", "METHODS", "Method",

@@ -51,7 +51,7 @@ HELP: dict[str, str] = {
     "test_frac": "test share of the images (default: the dataset's; ignored where the dataset has an official test list)",
     "split_seed": "seed of the one train/val/test split that every training seed shares",
     "resplit_per_seed": "draw a new split for each training seed instead (the split seed is then the training seed)",
-    "cache_dir": "decoded-image cache folder (default: .cache beside the run folder)",
+    "cache_dir": "decoded-image cache folder (default: $MEDPEFT_CACHE_DIR/images, else ~/.cache/medpeft/images)",
     "num_workers": "DataLoader worker processes (0: load in the main process; default: min(8, CPUs - 1))",
     "cache_features": "linear_probe: train the head on cached frozen-backbone features",
     "skip_bad_images": "drop images that cannot be decoded (listed in the results' data notes) instead of stopping",
@@ -82,6 +82,8 @@ HELP: dict[str, str] = {
     "output_dir": f"run folder (default: {RUNS_DIR}/<method>-<dataset>-<date>-<time>)",
     "resume": "continue the interrupted run in --output-dir from its last checkpoint (the epoch budget may grow)",
     "overwrite": "replace the run already in --output-dir",
+    "keep_checkpoints": "keep each seed's resume checkpoint and best-epoch copy once the run is finished "
+                        "(default: removed; adapter/ keeps the tensors)",
     "push_to_hub": "push the best adapter to this Hub repo (org/name) at the end (default: no push)",
     "hub_private": "make the pushed Hub repo private",
 }

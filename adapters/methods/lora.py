@@ -153,7 +153,7 @@ def target_names(model: nn.Module, targets: str) -> list[str]:
     raise MethodError(f"LoRA/DoRA: unsupported backbone family {family!r}")
 
 
-def _in_squeeze_excite(model: nn.Module, name: str) -> bool:
+def in_squeeze_excite(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
     return any(type(model.get_submodule(".".join(parts[:i]))).__name__ in SE_TYPES for i in range(1, len(parts)))
 
@@ -168,7 +168,7 @@ def cnn_target_names(model: nn.Module, targets: str, exclude: list[str]) -> list
     spatial = [n for n, c in ungrouped if tuple(c.kernel_size) != (1, 1)]
     if targets == "spatial" or not any(c.groups > 1 and tuple(c.kernel_size) != (1, 1) for _, c in convs):
         return spatial
-    return [n for n, c in ungrouped if n in spatial or not _in_squeeze_excite(model, n)]
+    return [n for n, c in ungrouped if n in spatial or not in_squeeze_excite(model, n)]
 
 
 def depthwise_names(model: nn.Module, exclude: list[str]) -> list[str]:
