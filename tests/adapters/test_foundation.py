@@ -83,6 +83,18 @@ def test_dinov2_other_size_interpolates_as_transformers(tmp_path, registers):
         assert (model(x) - embed(x)).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("regs", [0, 4])
+def test_dynamic_img_size_resamples_as_timm(tmp_path, regs):
+    """UNI / Virchow2 keep their authors' dynamic_img_size: any input size, resampled as timm does."""
+    folder, embed = R.timm_repo(tmp_path / "repo", init_values=1e-5, dynamic_img_size=True, img_size=64,
+                                reg_tokens=regs, no_embed_class=regs > 0, **SMALL)
+    model = create_backbone("uni", 0, init_checkpoint=str(folder)).eval()
+    for size in (64, 96):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert (model(x) - embed(x)).abs().max().item() < 1e-4
+
+
 def test_siglip_other_size_interpolates_as_transformers(tmp_path):
     from transformers import SiglipVisionModel
 

@@ -50,7 +50,8 @@ def repos(tmp_path_factory):
 
 CASES = [pytest.param(base, method, marks=[] if base in FAST else [pytest.mark.slow])
          for base in BASES for method in ("lora", "ssf", "adaptformer")]
-CASES += [pytest.param("dinov2-reg-base", "vpt_shallow"), pytest.param("dinov2-reg-base", "vpt_deep")]
+CASES += [pytest.param("dinov2-reg-base", "vpt_shallow"), pytest.param("dinov2-reg-base", "vpt_deep"),
+          pytest.param("virchow2", "vpt_deep")]  # registers + dynamic_img_size (timm's authors' args)
 
 
 @pytest.mark.parametrize("base,method", CASES)
