@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .backbones import BackboneError
+from .core import BackboneError, save_tensors
 
 SAFE_GLOBALS = [argparse.Namespace]
 """The only classes (besides tensors and plain containers) a ``.pth`` checkpoint may carry."""
@@ -211,8 +211,6 @@ def tensors_of(obj, source: str) -> dict[str, torch.Tensor]:
 
 def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Write the tensors of ``src`` (read safely) to a ``.safetensors`` file; returns the tensor count."""
-    from .io import save_tensors
-
     state = read_checkpoint(src, inert=True)
     dst = Path(dst)
     if dst.suffix != ".safetensors":

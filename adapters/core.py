@@ -13,9 +13,13 @@ Backbone families:
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -28,6 +32,10 @@ class MethodError(ValueError):
 
 class NotMergeable(MethodError):
     """The method adds computation that cannot be folded into the backbone's weights."""
+
+
+class BackboneError(ValueError):
+    """A backbone cannot be created or initialised as asked."""
 
 
 def family_of(model: nn.Module) -> str:
@@ -209,3 +217,37 @@ def is_depthwise_conv(module: nn.Module) -> bool:
 @torch.no_grad()
 def copy_params(dst: nn.Module, src: nn.Module) -> None:
     dst.load_state_dict(src.state_dict())
+
+
+# Files: written with the mode an ordinary ``open`` gives (used by io and checkpoints alike).
+
+def umask() -> int:
+    """The process's file-creation mask, read without changing it (Linux /proc), else by setting and
+    restoring it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_file_beside(path: str | os.PathLike) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``path``'s folder, but with the mode an ordinary ``open`` would give
+    (0666 minus the umask) instead of mkstemp's 0600: an atomically written file gets the same
+    permissions as every other file of the run."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, tmp
+
+
+def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
+    """``safetensors.torch.save_file`` with the mode an ordinary ``open`` gives (0666 minus the umask;
+    safetensors itself creates 0600 files)."""
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~umask())

@@ -14,16 +14,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from .core import MethodError, count_params
+from .core import MethodError, count_params, save_tensors, temp_file_beside, umask  # noqa: F401 (re-exported)
 from .registry import apply_method, get_method
 
 CONFIG_NAME = "medpeft.json"
@@ -126,38 +125,6 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             buffers = dict(model.named_buffers())
             state.update({n: buffers[n] for n in method.saved_buffers(model)})
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-
-
-def umask() -> int:
-    """The process's file-creation mask, read without changing it (Linux /proc), else by setting and
-    restoring it."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def temp_file_beside(path: str | os.PathLike) -> tuple[int, str]:
-    """``tempfile.mkstemp`` in ``path``'s folder, but with the mode an ordinary ``open`` would give
-    (0666 minus the umask) instead of mkstemp's 0600: an atomically written file gets the same
-    permissions as every other file of the run."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o666 & ~umask())
-    return fd, tmp
-
-
-def save_tensors(tensors: dict, path: str | os.PathLike, metadata: dict | None = None) -> None:
-    """``safetensors.torch.save_file`` with the mode an ordinary ``open`` gives (0666 minus the umask;
-    safetensors itself creates 0600 files)."""
-    save_file(tensors, str(path), metadata=metadata)
-    os.chmod(path, 0o666 & ~umask())
 
 
 def _atomic_write(path: Path, write) -> None:
@@ -292,7 +259,10 @@ def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pret
 def peft_snippet(config: AdapterConfig, folder: str = "path/or/downloaded/folder") -> str | None:
     """Runnable code that loads a peft-format adapter with plain timm + peft (None for methods that
     are not peft's, or backbones timm cannot create by name with these weights)."""
-    if not get_method(config.method).peft or config.task == "generation" or config.init_checkpoint:
+    from .foundation import find_preset
+
+    if not get_method(config.method).peft or config.task == "generation" or config.init_checkpoint \
+            or find_preset(config.backbone):  # a converted foundation model is not a plain timm name
         return None
     from .backbones import OFFLINE_LITE0
 
@@ -312,7 +282,7 @@ def peft_snippet(config: AdapterConfig, folder: str = "path/or/downloaded/folder
     if targets == "auto":  # LoRA/DoRA's default: q and v on ViTs
         targets = "qv" if backbone_family(config.backbone) == "vit" else "conv"
     if targets == "qv":
-        lines = ["from adapters.lora import split_qkv  # LoRA on q and v: timm's fused qkv split first", *lines]
+        lines = ["from adapters.methods.lora import split_qkv  # LoRA on q and v: timm's fused qkv split first", *lines]
         lines.append("base = split_qkv(base)")
     lines.append(f"model = PeftModel.from_pretrained(base, {folder!r}).eval()")
     return "\n".join(lines)
@@ -324,7 +294,13 @@ def model_card(config: AdapterConfig) -> str:
     tags = ["medpeft", "medical-imaging", "peft", config.method, config.task]
     lines = ["---", "library_name: " + ("peft" if method.peft else "timm"), "tags:"]
     lines += [f"- {t}" for t in tags]
-    if config.backbone:
+    from .foundation import card_lines, find_preset
+
+    preset = find_preset(config.backbone)
+    if preset is not None:
+        if preset.hub_id:
+            lines.append(f"base_model: {preset.hub_id}")
+    elif config.backbone:
         base = config.backbone if "/" in config.backbone else f"timm/{config.backbone}"
         lines.append(f"base_model: {base}")
     if config.dataset:
@@ -356,6 +332,7 @@ def model_card(config: AdapterConfig) -> str:
         body.append(f"- backbone initialised from the foundation checkpoint `{config.init_checkpoint}`"
                     + (f" ({report.get('loaded')} tensors; missing {report.get('missing')}, unexpected "
                        f"{report.get('unexpected')})" if report else ""))
+    body += card_lines(config.backbone)  # a foundation preset: its licence, non-commercial, gated
     if config.global_pool is not None:
         body.append(f"- pooling: global_pool={config.global_pool}, fc_norm={config.fc_norm}")
     if config.data_config:

@@ -38,6 +38,11 @@ class Method:
     """The row name in Dutt et al. 2024, where the method is in the paper."""
     paper_families: tuple[str, ...] | None = None
     """The families whose paper row ``paper_name`` is (``None``: every family of the method)."""
+    after_step: Callable[[nn.Module, int], None] | None = None
+    """``after_step(model, step)``: run by the training step after each optimizer step, before the
+    gradients are cleared (AdaLoRA's rank re-allocation)."""
+    extra_loss: Callable[[nn.Module], "torch.Tensor | None"] | None = None
+    """``extra_loss(model)``: a regulariser the training step adds to the task loss (AdaLoRA's)."""
     export: Callable[[nn.Module, Path], None] | None = None
     """``export(model, folder)``: extra files :func:`adapters.io.save_adapter` writes beside the adapter
     (e.g. the U-Net LoRA in diffusers' ``pytorch_lora_weights.safetensors`` format)."""
@@ -97,8 +102,33 @@ def apply_method(model: nn.Module, name: str, **hparams) -> nn.Module:
     hp = resolve_hparams(method, hparams)
     model = method.apply(model, **hp)
     model.medpeft_method = name
-    model.medpeft_hparams = hp
+    # Sizes the method had to fit to this backbone are recorded as used (resolved, not as asked).
+    model.medpeft_hparams = {**hp, **getattr(model, "medpeft_resolved", {})}
     return model
+
+
+def method_of(model: nn.Module) -> Method | None:
+    """The registered method a model carries (None: none)."""
+    model = getattr(model, "module", model)  # DDP / accelerate wrappers
+    name = getattr(model, "medpeft_method", None)
+    return METHODS.get(name) if name else None
+
+
+def extra_loss(model: nn.Module):
+    """The method's regulariser to add to the task loss (None: none)."""
+    method = method_of(model)
+    return method.extra_loss(getattr(model, "module", model)) if method and method.extra_loss else None
+
+
+def after_step(model: nn.Module) -> None:
+    """Run the method's per-step hook (after ``optimizer.step()``, before the gradients are cleared);
+    counts the steps on the model."""
+    method = method_of(model)
+    if method is None or method.after_step is None:
+        return
+    inner = getattr(model, "module", model)
+    inner.medpeft_step = getattr(inner, "medpeft_step", 0) + 1
+    method.after_step(inner, inner.medpeft_step)
 
 
 def merge_method(model: nn.Module) -> nn.Module:

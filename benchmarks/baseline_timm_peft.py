@@ -9,7 +9,7 @@
   decoded by PIL in every epoch;
 - model: ``timm.create_model`` and the same PEFT method as the trainer's, so both sides train the
   very same parameters (``adapters.apply_method``; for LoRA that is peft's ``LoraConfig`` +
-  ``get_peft_model`` on the same target modules, see adapters/lora.py);
+  ``get_peft_model`` on the same target modules, see adapters/methods/lora.py);
 - loop: ``torch.optim.AdamW`` with its defaults over the trainable parameters, fp32 (PyTorch's
   default precision), ``F.cross_entropy``, zero_grad / backward / step. Nothing else: no mixed
   precision, no channels_last, no fused optimizer, no pinned memory.

@@ -187,7 +187,7 @@ def make_tiny_pipeline(folder: str | os.PathLike, seed: int = 0) -> Path:
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from adapters.unet import build_unet
+    from adapters.methods.unet import build_unet
 
     from .data.tokenizer import clip_tokenizer
 

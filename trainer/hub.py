@@ -30,7 +30,7 @@ from pathlib import Path
 from adapters.core import MethodError
 from adapters.io import CONFIG_NAME, WEIGHTS_NAME, read_config
 from adapters.registry import get_method
-from adapters.unet_lora import DIFFUSERS_LORA_NAME  # U-Net LoRA in diffusers' format
+from adapters.methods.unet_lora import DIFFUSERS_LORA_NAME  # U-Net LoRA in diffusers' format
 
 from .card import CardError, build_model_card
 from .run_dir import ResultsError, RunResults

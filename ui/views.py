@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from trainer.infer import AdapterList
+from trainer.loops.fairness import worst_group_text
 from trainer.jobs.progress import metric_label, pct
 from trainer.study.results import format_params
 
@@ -178,8 +179,8 @@ def assessment_markdown(assessment: dict) -> list[str]:
                   f"| calibrated | {_num(a['ece'])} | {_num(a['brier'])} | {_num(a['nll'])} |"]
     test = (assessment.get("subgroups") or {}).get("test")
     for attr, entry in ((test or {}).get("attributes") or {}).items():
-        lines += ["", f"**Subgroups by {attr}** (test split, {metric_label(test['headline'])}; worst "
-                      f"{entry['worst_group'] or 'n/a'}, gap {pct(entry['gap'])}, equalized-odds difference "
+        lines += ["", f"**Subgroups by {attr}** (test split, {metric_label(test['headline'])}; "
+                      f"{worst_group_text(entry, pct)}, equalized-odds difference "
                       f"{_num(entry['equalized_odds_difference'])}):", "",
                   "| group | images | score | accuracy |", "|---|---:|---:|---:|"]
         for value, g in entry["groups"].items():

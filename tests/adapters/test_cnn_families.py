@@ -20,7 +20,7 @@ from adapters import NotMergeable, apply_method, count_params, create_backbone, 
 from adapters.__main__ import main
 from adapters.backbones import OFFLINE_LITE0, TINY_CNN
 from adapters.io import AdapterConfig, load_adapter, save_adapter
-from adapters.ssf import SSF, SSFHeadInput
+from adapters.methods.ssf import SSF, SSFHeadInput
 
 RANK = 8
 # family -> (the modules LoRA must adapt by default, how a module name maps to its stage, number of stages)

@@ -15,8 +15,8 @@ from torch import nn
 from adapters import OFFLINE_LITE0, MethodError, NotMergeable, apply_method, create_backbone, merge_method
 from adapters.__main__ import human, main
 from adapters.backbones import TINY_CNN, TINY_VIT
-from adapters.ssf import SSF
-from adapters.tsa import TSAConv, tsa_targets
+from adapters.methods.ssf import SSF
+from adapters.methods.tsa import TSAConv, tsa_targets
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,12 +11,12 @@ import torch
 from torch import nn
 
 from adapters import apply_method, create_backbone, merge_method
-from adapters.adaptformer import AdaptMLP
+from adapters.methods.adaptformer import AdaptMLP
 from adapters.backbones import TINY_VIT
 from adapters.io import AdapterConfig, save_adapter
-from adapters.layernorm import layernorm_names
-from adapters.lora import SplitQKV, fuse_qkv, split_qkv
-from adapters.vpt import DeepPromptBlock, PromptedNormPre
+from adapters.methods.layernorm import layernorm_names
+from adapters.methods.lora import SplitQKV, fuse_qkv, split_qkv
+from adapters.methods.vpt import DeepPromptBlock, PromptedNormPre
 
 NUM_CLASSES = 3
 DIM, DEPTH, NUM_PATCHES = 32, 2, 16  # the tiny ViT: 32x32 inputs, 8x8 patches

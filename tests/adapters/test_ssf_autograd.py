@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-import adapters.ssf as ssf
+import adapters.methods.ssf as ssf
 from adapters import apply_method, create_backbone, merge_method
 from adapters.backbones import TINY_CNN, TINY_VIT
 from adapters.core import freeze

@@ -20,7 +20,8 @@ from adapters import OFFLINE_LITE0
 from adapters.backbones import TINY_CNN
 from adapters.io import load_adapter
 from trainer.__main__ import main as trainer_main
-from trainer.config import ConfigError, parse_config
+from trainer.cli import parse_config
+from trainer.config import ConfigError
 from tests.helpers import write_digits, write_shapes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,9 +83,9 @@ def test_finished_run_is_not_overwritten(shapes, tmp_path, capsys):
 
 def test_resume_continues_from_the_last_epoch(shapes, tmp_path):
     out = tmp_path / "run"
-    assert trainer_main(tiny_args(shapes, out, "--epochs", "2")) == 0
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "2", "--keep-checkpoints")) == 0
     first = json.loads((out / "seed_0" / "history.json").read_text())
-    (out / "results.json").unlink()  # as if killed after epoch 2 of 3
+    (out / "results.json").unlink()  # as if killed after epoch 2 of 3 (a killed run keeps its checkpoint)
     assert trainer_main(tiny_args(shapes, out, "--epochs", "3", "--resume")) == 0
     history = json.loads((out / "seed_0" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]

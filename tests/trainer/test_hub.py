@@ -134,9 +134,9 @@ def test_pull_then_load_adapter_gives_identical_logits(hub, pushed, tmp_path):
 def test_plain_peft_from_pretrained_loads_the_pushed_repo(hub, pushed):
     from peft import PeftModel
 
-    from adapters.lora import split_qkv
+    from adapters.methods.lora import split_qkv
 
-    # LoRA's default targets q and v: the base's fused qkv is split first, as adapters.lora documents.
+    # LoRA's default targets q and v: the base's fused qkv is split first, as adapters.methods.lora documents.
     model = PeftModel.from_pretrained(split_qkv(_base()), REPO).eval()  # the Hub id, resolved through HF_ENDPOINT
     with torch.no_grad():
         torch.testing.assert_close(model(pushed["x"]), pushed["logits"], rtol=0, atol=1e-6)
@@ -154,11 +154,15 @@ def test_model_card_on_the_hub(hub, pushed):
     assert d.library_name == "peft"
     assert {"medpeft", "medical-imaging", "lora", "ham10000"} <= set(d.tags)
     assert d.datasets == ["ham10000"]
+    n = json.loads((pushed["folder"] / "medpeft.json").read_text())["trainable_params"]
     evals = {(e.metric_type, e.dataset_split): e.metric_value for e in d.eval_results}
-    assert evals == {("f1_macro", "test"): 0.6123, ("accuracy", "test"): 0.7, ("auroc", "test"): 0.8456}
+    assert evals == {("f1_macro", "test"): 0.6123, ("accuracy", "test"): 0.7, ("auroc", "test"): 0.8456,
+                     ("trainable_params", None): n}
+    # the tags the app's Hub search filters by (issue 21): medpeft, method, dataset, task, base model id
+    assert {"classification", "medpeft_tiny_vit", "medpeft-method:lora", "medpeft-dataset:ham10000",
+            "medpeft-task:classification", "medpeft-backbone:medpeft_tiny_vit"} <= set(d.tags)
     assert all(e.task_type == "image-classification" and e.dataset_type == "ham10000" for e in d.eval_results)
     assert PAPER_CITATION in card.text
-    n = json.loads((pushed["folder"] / "medpeft.json").read_text())["trainable_params"]
     assert n and f"trainable parameters: {n:,} of " in card.text
     assert "seeds: 0, 1" in card.text and "train 40, val 8, test 12" in card.text
 

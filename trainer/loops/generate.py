@@ -339,11 +339,18 @@ def run(cfg: TrainConfig) -> dict:
     results["runtime"] = rt.record()  # the precision, compile and checkpointing actually used
     if accelerator.is_main_process:
         run_dir.write_results(results)
+        if not cfg.keep_checkpoints:  # each tensor once: the adapter stays, the resume state goes
+            run_dir.drop_checkpoints()
+        run_dir.release()
         fid = results["metrics"]["test"].get("fid")
         tr, tot = results["trainable_params"], results["total_params"]
         print(f"{cfg.method} on {cfg.dataset} ({cfg.base_model}), seeds {cfg.seeds}: trainable {tr:,} of {tot:,} "
               f"({100 * tr / tot:.3f}%)" + (f"; FID {fid['mean']:.3f} +- {fid['std']:.3f}" if fid else ""))
         if cfg.push_to_hub:
-            print(f"pushed to {run_dir.push(results, cfg.push_to_hub, private=cfg.hub_private)}")
+            from ..hub import push_adapter
+
+            url = push_adapter(run_dir.root / results["adapter_dir"], cfg.push_to_hub, private=cfg.hub_private,
+                               results=results)
+            print(f"pushed to {url}")
     accelerator.wait_for_everyone()
     return results

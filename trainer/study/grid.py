@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from ..preflight import check_number
 from ..config import FIELDS, ConfigError, TrainConfig
 from . import hpo
 
@@ -47,6 +48,10 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     bad = set(grid.get("hpo") or {}) - set(HPO_KEYS)
     if bad:
         raise ConfigError(f"{path}: unknown hpo options {sorted(bad)}; use {', '.join(HPO_KEYS)}")
+    h = grid.get("hpo") or {}
+    for key, lo in (("trials", 0), ("min_resource", 1), ("reduction_factor", 2)):
+        if h.get(key) is not None:
+            check_number(f"{path}: hpo {key}", h[key], lo)
     grid.setdefault("name", Path(path).stem)
     return grid
 
@@ -69,6 +74,9 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
                   output_dir=str(Path(results_dir) / cell.key), seeds=list(grid.get("seeds", [0])))
     if cell.backbone:
         values["backbone"] = cell.backbone
+    checkpoints = grid.get("init_checkpoints") or {}  # per backbone (foundation presets' files or repo copies)
+    if cell.backbone in checkpoints:
+        values["init_checkpoint"] = str(checkpoints[cell.backbone])
     data_dirs = grid.get("data_dirs") or {}
     if cell.dataset in data_dirs:
         values["data_dir"] = str(data_dirs[cell.dataset])
@@ -81,7 +89,6 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
         raise ConfigError(f"hpo objective must be one of {', '.join(hpo.OBJECTIVES)}, got {objective!r}")
     if objective != "headline":  # FairTune: search, select epochs and seeds on the worst subgroup
         values["select_on"] = objective
-    values.setdefault("cache_dir", str(Path(results_dir) / ".cache" / cell.dataset))
     values.setdefault("lr", hpo.default_lr(values.get("task", "classification"), cell.method))
     return TrainConfig(**values).validate()
 

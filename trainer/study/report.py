@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .disk_use import disk_use, disk_use_markdown
 from .efficiency import efficiency_rows
 from .fairness_views import fairness_table, subgroup_attributes, subgroup_view
 from .report_generation import generation_section
@@ -135,6 +136,7 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
         if task == "generation":  # Table 4 beyond FID (trainer.study.report_generation)
             extra, files = generation_section(local, results_dir, out)
             md, written = md + extra, written + files
+        md += disk_use_markdown(results_dir)
         path = out / f"{task}.md"
         path.write_text("\n".join(md))
         csv = out / f"{task}.csv"
@@ -161,4 +163,6 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
         path = out / "data_volume.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
-    return written
+    path = out / "disk_use.csv"
+    disk_use(results_dir).to_csv(path, index=False)
+    return written + [path]

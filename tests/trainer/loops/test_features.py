@@ -18,7 +18,8 @@ from adapters.backbones import TINY_CNN, TINY_VIT
 from adapters.io import WEIGHTS_NAME, load_adapter
 from trainer.__main__ import main as trainer_main
 from trainer.loops.classify import cache_size_for
-from trainer.config import TrainConfig, parse_config
+from trainer.cli import parse_config
+from trainer.config import TrainConfig
 from trainer.data import CachedImageDataset, build_image_cache, build_transforms, load_dataset, load_splits
 from trainer.loops.features import (HeadOnly, compare_epoch_times, feature_key, head_splits, pooled_features,
                               split_features)

@@ -219,7 +219,7 @@ def test_lora_loads_with_stock_diffusers(tiny_dir, parts, fixed, tmp_path):
     plain ``StableDiffusionPipeline.load_lora_weights(folder)``."""
     from diffusers import StableDiffusionPipeline
 
-    from adapters.unet_lora import DIFFUSERS_LORA_NAME
+    from adapters.methods.unet_lora import DIFFUSERS_LORA_NAME
     from trainer.diffusion import build_pipeline, sample
 
     unet = apply_method(fresh_unet(tiny_dir), "lora", rank=4, alpha=8)
@@ -261,7 +261,7 @@ def test_unet_hyper_parameters(tiny_dir):
 
 def test_svdiff_shift_is_spectral(tiny_dir):
     """W' = U diag(relu(s + delta)) V^T: shifting every singular value to zero zeroes the weight."""
-    from adapters.svdiff import SVDiffLinear
+    from adapters.methods.svdiff import SVDiffLinear
 
     unet = apply_method(fresh_unet(tiny_dir), "svdiff")
     layer = next(m for m in unet.modules() if isinstance(m, SVDiffLinear))
@@ -279,7 +279,7 @@ def test_build_unet_specs(tiny_dir):
     from diffusers import UNet2DConditionModel
 
     from adapters.backbones import BackboneError
-    from adapters.unet import build_unet
+    from adapters.methods.unet import build_unet
 
     tiny = build_unet("tiny")
     assert isinstance(tiny, UNet2DConditionModel) and not next(tiny.parameters()).is_meta
@@ -293,7 +293,7 @@ def test_build_unet_specs(tiny_dir):
 def test_sd15_counts_match_the_paper():
     """SD 1.5's U-Net (meta device, nothing allocated): the counts Dutt et al. report for bias, norm,
     bias_norm and LoRA rank 4 (Table 4) are reproduced exactly; 'full' is 859.5M (the paper prints 85.9M)."""
-    from adapters.unet import build_unet
+    from adapters.methods.unet import build_unet
 
     unet = build_unet("sd15")
     assert count_params(unet)[1] == 859_520_964
@@ -591,11 +591,11 @@ def _cfg(tiny_dir, csv_data, out, **kw) -> TrainConfig:
 
 @pytest.mark.slow
 def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
-    from adapters.unet_lora import DIFFUSERS_LORA_NAME
+    from adapters.methods.unet_lora import DIFFUSERS_LORA_NAME
     from trainer.loops.generate import run
 
     out = tmp_path / "run"
-    results = run(_cfg(tiny_dir, csv_data, out, fid_samples=2, hparams={"rank": 4, "alpha": 4}))
+    results = run(_cfg(tiny_dir, csv_data, out, fid_samples=2, hparams={"rank": 4, "alpha": 4}, keep_checkpoints=True))
     assert results["kind"] == "medpeft-run" and results["task"] == "generation" and results["method"] == "lora"
     assert results["backbone"] == "stable_diffusion_unet" and results["n_train"] == 4
     fid = results["metrics"]["test"]["fid"]
@@ -617,7 +617,8 @@ def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
         run(_cfg(tiny_dir, csv_data, out))
 
     # --resume continues from step 4 to 6 and matches an uninterrupted 6-step run exactly.
-    run(_cfg(tiny_dir, csv_data, out, max_train_steps=6, resume=True, hparams={"rank": 4, "alpha": 4}))
+    run(_cfg(tiny_dir, csv_data, out, max_train_steps=6, resume=True, hparams={"rank": 4, "alpha": 4},
+             keep_checkpoints=True))
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6
     assert (out / "validation" / "step_0006_0.png").is_file()
     straight = tmp_path / "straight"

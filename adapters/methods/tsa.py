@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import MethodError, NotMergeable, freeze, head_name, replace_module, train_head, train_params, unwrap
-from .registry import Method, register
+from ..core import MethodError, NotMergeable, freeze, head_name, replace_module, train_head, train_params, unwrap
+from ..registry import Method, register
 
 TARGETS = ("main", "spatial", "all")
 SHORTCUT_NAMES = ("downsample", "shortcut")

@@ -21,15 +21,15 @@ identity at init (nothing is added).
 (self- and cross-attention): the projections only, which is not the paper's Table 4 "Attention" row (that
 is ``attention_blocks``, the whole Transformer2D blocks; on the U-Net ``attention`` therefore has no paper row).
 The U-Net-only ``norm``, ``bias_norm``, ``bias_norm_attention`` and the whole-block variants are registered in
-:mod:`adapters.unet`, with the SD 1.5 counts beside the paper's.
+:mod:`adapters.methods.unet`, with the SD 1.5 counts beside the paper's.
 """
 from __future__ import annotations
 
 from torch import nn
 
-from .core import (BN_TYPES, bias_param, family_of, freeze, is_vit_attention, merge_selective, train_head,
+from ..core import (BN_TYPES, bias_param, family_of, freeze, is_vit_attention, merge_selective, train_head,
                    train_params, unfreeze_bn_stats)
-from .registry import Method, register
+from ..registry import Method, register
 from .unet import apply_unet_attention
 
 
@@ -80,7 +80,7 @@ def _bn_buffers(model: nn.Module) -> list[str]:
 
 
 def _apply_attention(model: nn.Module) -> nn.Module:
-    if family_of(model) == "unet":  # the diffusers Attention projections (adapters.unet)
+    if family_of(model) == "unet":  # the diffusers Attention projections (adapters.methods.unet)
         return apply_unet_attention(model)
     freeze(model)
     for name, module in model.named_modules():

@@ -29,8 +29,8 @@ import math
 import torch
 from torch import nn
 
-from .core import MethodError, freeze, train_head, train_params
-from .registry import Method, register
+from ..core import MethodError, freeze, train_head, train_params
+from ..registry import Method, register
 
 
 def _prompt(num_prompts: int, dim: int, patch_size, like: torch.Tensor) -> nn.Parameter:

@@ -64,9 +64,9 @@ import copy
 import torch
 from torch import nn
 
-from .core import (BN_TYPES, NORM_TYPES, NotMergeable, family_of, freeze, head_name, modules_of_type, replace_module,
+from ..core import (BN_TYPES, NORM_TYPES, NotMergeable, family_of, freeze, head_name, modules_of_type, replace_module,
                    train_head, train_params, unwrap)
-from .registry import Method, register
+from ..registry import Method, register
 
 
 def _channels_first_layernorms() -> tuple[type, ...]:

@@ -36,8 +36,8 @@ import math
 import torch
 from torch import nn
 
-from .core import MethodError, freeze, train_head, train_params
-from .registry import Method, register
+from ..core import MethodError, freeze, train_head, train_params
+from ..registry import Method, register
 
 
 class Adapter(nn.Module):

@@ -41,7 +41,7 @@ Hyper-parameters: ``rank=8``, ``alpha=8`` (peft ``lora_alpha``; scaling alpha/ra
 ``depthwise=False``: with ``depthwise=True`` (CNN) LoRA also goes on every depthwise Conv2d
 (``groups == in_channels``, e.g. EfficientNet's ``conv_dw``). peft's own conv LoRA cannot factorise a
 depthwise kernel (it needs ``rank % groups == 0`` and cannot merge grouped convs), so these get
-:class:`DepthwiseLoRA` (:mod:`adapters.lora_depthwise`): ``dW = B @ A`` over each channel's ``k x k``
+:class:`DepthwiseLoRA` (:mod:`adapters.methods.lora_depthwise`): ``dW = B @ A`` over each channel's ``k x k``
 taps, ``B`` ``[C, r]`` zero-initialised, merged exactly into the kernel. Other grouped convs (ResNeXt's
 ``groups=32`` 3x3s) are never targeted.
 
@@ -58,9 +58,9 @@ import torch
 from torch import nn
 
 from . import lora_depthwise, unet_lora
-from .core import (MethodError, family_of, freeze, head_name, is_depthwise_conv, is_vit_attention, modules_of_type,
+from ..core import (MethodError, family_of, freeze, head_name, is_depthwise_conv, is_vit_attention, modules_of_type,
                    unwrap)
-from .registry import Method, register
+from ..registry import Method, register
 
 VIT_TARGETS = ("qv", "qkv", "attn", "all_linear")
 CNN_TARGETS = ("conv", "spatial", "all_conv")
@@ -153,7 +153,7 @@ def target_names(model: nn.Module, targets: str) -> list[str]:
     raise MethodError(f"LoRA/DoRA: unsupported backbone family {family!r}")
 
 
-def _in_squeeze_excite(model: nn.Module, name: str) -> bool:
+def in_squeeze_excite(model: nn.Module, name: str) -> bool:
     parts = name.split(".")
     return any(type(model.get_submodule(".".join(parts[:i]))).__name__ in SE_TYPES for i in range(1, len(parts)))
 
@@ -168,7 +168,7 @@ def cnn_target_names(model: nn.Module, targets: str, exclude: list[str]) -> list
     spatial = [n for n, c in ungrouped if tuple(c.kernel_size) != (1, 1)]
     if targets == "spatial" or not any(c.groups > 1 and tuple(c.kernel_size) != (1, 1) for _, c in convs):
         return spatial
-    return [n for n, c in ungrouped if n in spatial or not _in_squeeze_excite(model, n)]
+    return [n for n, c in ungrouped if n in spatial or not in_squeeze_excite(model, n)]
 
 
 def depthwise_names(model: nn.Module, exclude: list[str]) -> list[str]:
@@ -207,7 +207,7 @@ def _apply_lora(model: nn.Module, rank: int = 8, alpha: float = 8, dropout: floa
     family = family_of(model)
     if depthwise and family != "cnn":
         raise MethodError(f"LoRA depthwise=True is for CNNs with depthwise convolutions, not a {family} backbone")
-    if family == "unet":  # Stable Diffusion U-Net: diffusers' add_adapter (adapters.unet_lora)
+    if family == "unet":  # Stable Diffusion U-Net: diffusers' add_adapter (adapters.methods.unet_lora)
         return unet_lora.apply(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, use_dora=use_dora)
     if targets == "auto":
         targets = "qv" if family == "vit" else "conv"

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import MethodError, freeze
-from .registry import Method, register
+from ..core import MethodError, freeze
+from ..registry import Method, register
 
 TARGETS = ("all", "attention", "cross_kv")
 

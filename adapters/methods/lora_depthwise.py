@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from .core import MethodError, add_mixin, remove_mixin
+from ..core import MethodError, add_mixin, remove_mixin
 
 class DepthwiseMarker:
     """Mixin marking a depthwise Conv2d that gets :class:`DepthwiseLoRA` (dispatch key for peft)."""

@@ -20,9 +20,9 @@ import warnings
 
 from torch import nn
 
-from .core import MethodError, freeze, head_name, modules_of_type, replace_module
+from ..core import MethodError, freeze, head_name, modules_of_type, replace_module
 from .lora import exact_names_regex, wrap_with_peft
-from .registry import Method, register
+from ..registry import Method, register
 
 
 def layernorm_names(model: nn.Module) -> list[str]:

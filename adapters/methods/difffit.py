@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import MethodError, freeze, train_params
-from .registry import Method, register
+from ..core import MethodError, freeze, train_params
+from ..registry import Method, register
 
 
 class ScaledLinear(nn.Linear):

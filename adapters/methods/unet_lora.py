@@ -1,4 +1,4 @@
-"""LoRA on the Stable Diffusion U-Net (the ``lora`` method's ``unet`` family; :mod:`adapters.lora`
+"""LoRA on the Stable Diffusion U-Net (the ``lora`` method's ``unet`` family; :mod:`adapters.methods.lora`
 dispatches here).
 
 LoRA (Hu et al., ICLR 2022) as in diffusers' ``train_text_to_image_lora.py``: a peft ``LoraConfig``
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .core import MethodError, freeze, replace_module
+from ..core import MethodError, freeze, replace_module
 
 DIFFUSERS_LORA_NAME = "pytorch_lora_weights.safetensors"
 TARGETS = {"auto": ("to_q", "to_k", "to_v", "to_out.0"), "attn": ("to_q", "to_k", "to_v", "to_out.0"),
@@ -88,7 +88,7 @@ def diffusers_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def export(model: nn.Module, folder: Path) -> None:
     """Write ``pytorch_lora_weights.safetensors`` (diffusers' LoRA format) for a U-Net; no-op otherwise."""
-    from .core import family_of
+    from ..core import family_of
 
     if family_of(model) != "unet":
         return

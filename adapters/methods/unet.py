@@ -34,10 +34,10 @@ norm                       GroupNorm + LayerNorm affine (weight + bias)         
 bias_norm                  bias + norm                                                 443,844  443K
 bias_norm_attention        bias + norm + attention projections                      93,955,524  -
 lora                       rank-r A/B on the attention projections                   1,594,368  797K
-                           (adapters.unet_lora; r=8, the shared ``lora``
+                           (adapters.methods.unet_lora; r=8, the shared ``lora``
                            default); r=4: 797,184 = paper
-svdiff                     spectral shifts of every Linear/Conv2d (adapters.svdiff)    222,696  21.4K (+)
-difffit                    bias + norm + per-channel gammas (adapters.difffit)         481,284  -
+svdiff                     spectral shifts of every Linear/Conv2d (adapters.methods.svdiff)    222,696  21.4K (+)
+difffit                    bias + norm + per-channel gammas (adapters.methods.difffit)         481,284  -
 ========================== ====================================================== ============ =========
 
 (*) The paper's M-counts are 10x too small (a decimal slip; its K-counts are right): SD 1.5's U-Net
@@ -62,9 +62,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .backbones import BackboneError
-from .core import bias_param, freeze, merge_selective, train_modules, train_params
-from .registry import Method, register
+from ..backbones import BackboneError
+from ..core import bias_param, freeze, merge_selective, train_modules, train_params
+from ..registry import Method, register
 
 NORM_TYPES_UNET = (nn.GroupNorm, nn.LayerNorm)
 
@@ -218,7 +218,7 @@ def _apply_bias_norm_attention_blocks(model: nn.Module) -> nn.Module:
 
 
 def apply_unet_attention(model: nn.Module) -> nn.Module:
-    """``attention`` on a U-Net (called by :mod:`adapters.selective`)."""
+    """``attention`` on a U-Net (called by :mod:`adapters.methods.selective`)."""
     freeze(model)
     train_attention_projections(model)
     return model

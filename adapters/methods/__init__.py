@@ -1,0 +1,15 @@
+"""The PEFT methods: one file per hand-written method or family; importing a module registers its
+method(s) in :mod:`adapters.registry`. Methods import only the core (``adapters.core``, ``.registry``,
+``.backbones``) and each other, never ``adapters.io``.
+"""
+from . import selective  # noqa: F401
+from . import ssf  # noqa: F401
+from . import tsa  # noqa: F401
+from . import lora  # noqa: F401
+from . import layernorm  # noqa: F401
+from . import adaptformer  # noqa: F401
+from . import vpt  # noqa: F401
+from . import unet  # noqa: F401
+from . import svdiff  # noqa: F401
+from . import difffit  # noqa: F401
+from . import unet_lora  # noqa: F401
