@@ -113,7 +113,10 @@ def pixel_similarity(query: torch.Tensor, train_desc: torch.Tensor, batch: int =
     v = len(coarse)
     out = torch.empty(len(query), len(train_desc))
     x = _blur(query.float())
-    for i in range(0, len(x), batch):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(x), batch), desc="nearest training images", unit="batch", dynamic_ncols=True,
+                  disable=len(x) * len(train_desc) < 200_000):
         q = x[i:i + batch]
         b = len(q)
         desc = _sample(q, coarse[None].expand(b, -1, -1)).reshape(b * v, -1)
