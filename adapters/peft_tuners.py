@@ -118,6 +118,8 @@ TUNERS: list[Tuner] = [
            "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5, "total_step": 1000, "rank_pattern": None}),
 ]
 TUNER = {t.name: t for t in TUNERS}
+RULES = {"vit": ("qv", "qkv", "attn", "all_linear", "kv_ff"), "cnn": ("conv", "spatial", "all_conv", "pointwise"),
+         "unet": ("attn", "qv")}
 
 
 def _fit(key: str, value: int, how: str, pairs: list[tuple[int, int]]) -> int:
@@ -185,6 +187,9 @@ def _apply(tuner: Tuner, model: nn.Module, targets: str = "auto", **hp) -> nn.Mo
         raise MethodError(f"peft's {tuner.name} does not adapt {family} layers; peft methods that do: "
                           f"{fitting_methods(family, tuner.name)}")
     rule = tuner.families[family] if targets == "auto" else targets
+    if rule not in RULES[family]:
+        raise MethodError(f"{tuner.name}: targets={targets!r} is not a {family} target rule; use auto or one of "
+                          f"{', '.join(RULES[family])}")
     freeze(model)
     names, ff = _targets(model, family, rule, tuner, hp)
     if not names:
