@@ -5,6 +5,7 @@
     python -m adapters list --backbone vit_base_patch16_224 --num-classes 3 --json
     python -m adapters list --unet tiny                          # U-Net methods (needs adapters.methods.unet)
     python -m adapters convert-checkpoint MRM.pth MRM.safetensors  # a foundation checkpoint's tensors only
+    python -m adapters backbones [--json]                        # foundation presets: Hub id, licence, gating
 
 The backbone is built once with random weights (nothing is downloaded); each method is applied
 to a deep copy, counted, and merged to check whether it folds into this backbone. The paper's
@@ -193,6 +194,9 @@ def parser() -> argparse.ArgumentParser:
                         "weights_only=True) to .safetensors")
     cv.add_argument("src", type=Path, help="checkpoint: MAE-style .pth, state dict, .safetensors")
     cv.add_argument("dst", type=Path, help="output .safetensors file")
+    bb = sub.add_parser("backbones", help="foundation-model presets (--backbone NAME): Hub id, format, "
+                        "pooling, normalisation, licence, gating")
+    bb.add_argument("--json", action="store_true", help="machine-readable output (every column)")
     return p
 
 
@@ -213,6 +217,10 @@ def main(argv: list[str] | None = None) -> int:
             cmd_list(args)
         elif args.command == "convert-checkpoint":
             cmd_convert(args)
+        elif args.command == "backbones":
+            from .foundation import print_backbones
+
+            print_backbones(args.json)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

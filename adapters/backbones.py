@@ -74,7 +74,20 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, img_si
     then means random weights: the checkpoint is not read). ``global_pool`` / ``fc_norm`` (ViT) and
     ``drop_path_rate`` go to timm; ``None`` keeps timm's default, except that a ViT with an
     ``init_checkpoint`` pools as MAE fine-tuning (``global_pool="avg"``, ``fc_norm=True``).
+
+    A foundation preset's short name (``rad-dino``, ``uni``...; :mod:`adapters.foundation`) builds that
+    model converted into timm, with its authors' pooling; ``init_checkpoint`` is then a local copy of its repo.
     """
+    if _preset(name) is not None:
+        from .foundation_hub import create_foundation
+
+        model = create_foundation(name, num_classes, pretrained=pretrained, img_size=img_size,
+                                  init_checkpoint=init_checkpoint, drop_path_rate=drop_path_rate)
+        if (global_pool is not None and global_pool != model.global_pool) or \
+                (fc_norm is not None and fc_norm == isinstance(model.fc_norm, nn.Identity)):
+            raise BackboneError(f"{name} pools as its authors do ({model.pooling}); global_pool / fc_norm "
+                                f"cannot change it")
+        return model
     vit = _is_vit_name(name)
     if img_size is not None and vit:
         kwargs["img_size"] = img_size
@@ -101,8 +114,8 @@ def create_backbone(name: str, num_classes: int, pretrained: bool = True, img_si
 
 def pooling(name: str, init_checkpoint: str | None = None, global_pool: str | None = None,
             fc_norm: bool | None = None) -> tuple[str | None, bool | None]:
-    """The (global_pool, fc_norm) a ViT is built with (``None``: timm's default)."""
-    if not _is_vit_name(name):
+    """The (global_pool, fc_norm) a ViT is built with (``None``: timm's default, or a preset's own)."""
+    if not _is_vit_name(name) or _preset(name) is not None:
         return None, None
     if init_checkpoint is not None and global_pool is None:
         global_pool, fc_norm = "avg", (True if fc_norm is None else fc_norm)
@@ -136,21 +149,31 @@ def _create_model(name: str, num_classes: int, pretrained: bool, **kwargs: Any) 
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except RuntimeError as e:
         if "Unknown model" in str(e):
-            raise BackboneError(f"unknown backbone {name!r}: use a timm model name "
-                                f"(timm.list_models()) or {OFFLINE_LITE0!r}") from None
+            raise BackboneError(f"unknown backbone {name!r}: use a foundation preset (python -m adapters "
+                                f"backbones), a timm model name (timm.list_models()) or {OFFLINE_LITE0!r}") from None
         raise
     except OSError as e:  # Hub unreachable
         raise BackboneError(f"could not download pretrained weights for {name!r} ({e.__class__.__name__}). "
                             f"Offline, use --backbone {OFFLINE_LITE0} or --no-pretrained") from e
 
 
+def _preset(name: str | None):
+    from .foundation import find_preset
+
+    return find_preset(name)
+
+
 def _is_vit_name(name: str) -> bool:
+    if _preset(name) is not None:
+        return True
     return name.split(".")[0].startswith(("vit_", "deit")) or name == TINY_VIT
 
 
 def backbone_family(name: str | None) -> str:
     """``vit`` or ``cnn`` from a backbone's name, before it is created: ``vit`` for timm
     VisionTransformer names (vit_*, deit*, also as ``hf-hub:org/vit_...``) and the tiny test ViT."""
+    if _preset(name) is not None:
+        return "vit"
     return "vit" if _is_vit_name((name or "").strip().split("/")[-1].split(":")[-1]) else "cnn"
 
 

@@ -267,7 +267,10 @@ def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pret
 def peft_snippet(config: AdapterConfig, folder: str = "path/or/downloaded/folder") -> str | None:
     """Runnable code that loads a peft-format adapter with plain timm + peft (None for methods that
     are not peft's, or backbones timm cannot create by name with these weights)."""
-    if not get_method(config.method).peft or config.task == "generation" or config.init_checkpoint:
+    from .foundation import find_preset
+
+    if not get_method(config.method).peft or config.task == "generation" or config.init_checkpoint \
+            or find_preset(config.backbone):  # a converted foundation model is not a plain timm name
         return None
     from .backbones import OFFLINE_LITE0
 
@@ -299,7 +302,13 @@ def model_card(config: AdapterConfig) -> str:
     tags = ["medpeft", "medical-imaging", "peft", config.method, config.task]
     lines = ["---", "library_name: " + ("peft" if method.peft else "timm"), "tags:"]
     lines += [f"- {t}" for t in tags]
-    if config.backbone:
+    from .foundation import card_lines, find_preset
+
+    preset = find_preset(config.backbone)
+    if preset is not None:
+        if preset.hub_id:
+            lines.append(f"base_model: {preset.hub_id}")
+    elif config.backbone:
         base = config.backbone if "/" in config.backbone else f"timm/{config.backbone}"
         lines.append(f"base_model: {base}")
     if config.dataset:
@@ -331,6 +340,7 @@ def model_card(config: AdapterConfig) -> str:
         body.append(f"- backbone initialised from the foundation checkpoint `{config.init_checkpoint}`"
                     + (f" ({report.get('loaded')} tensors; missing {report.get('missing')}, unexpected "
                        f"{report.get('unexpected')})" if report else ""))
+    body += card_lines(config.backbone)  # a foundation preset: its licence, non-commercial, gated
     if config.global_pool is not None:
         body.append(f"- pooling: global_pool={config.global_pool}, fc_norm={config.fc_norm}")
     if config.data_config:

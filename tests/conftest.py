@@ -14,6 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The decoded-image cache of runs that name no --cache-dir: one temporary folder for the test session,
+# not the user's ~/.cache/medpeft (subprocesses inherit it).
+if "MEDPEFT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["MEDPEFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="medpeft-test-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """``python -m trainer --method lora --dataset ham10000 --data-dir DATA`` (see ``--help``).
 
-Every problem with the command line, the data, the backbone or the Hub ends as one line
-``error: ...`` and exit status 2, checked before anything is written (:mod:`trainer.preflight`).
+Every problem with the command line, the data, the backbone, the Hub or a place the run writes to ends
+as one line ``error: ...`` and exit status 2, checked before anything is written (:mod:`trainer.preflight`);
+a write that fails later (a full disk) ends the same way, leaving no half-written file that looks finished.
 """
 from __future__ import annotations
 
@@ -36,6 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         run(cfg)
     except errors as e:
         print(f"error: {str(e).strip()}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a filesystem fault while writing (disk full, permission, read-only): one line
+        from .preflight import describe_storage_error
+
+        message = describe_storage_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except SystemExit as e:  # --help
         return e.code if isinstance(e.code, int) else 0

@@ -27,6 +27,11 @@ def base_model_id(backbone: str, pretrained: bool = True) -> str | None:
 
     if not pretrained:
         return None
+    from adapters.foundation import find_preset
+
+    preset = find_preset(backbone)
+    if preset is not None:  # a foundation preset: its Hub repo (None for a file such as MRM.pth)
+        return preset.hub_id
     if "/" in backbone:
         return backbone.removeprefix("hf-hub:").removeprefix("hf_hub:")
     if backbone == OFFLINE_LITE0:  # the same TF EfficientNet-Lite0 ImageNet weights, ported by lukemelas
@@ -179,9 +184,11 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
     tags = ["medpeft", "medical-imaging", config.method] + ([dataset] if dataset else [])
     if method.peft:
         tags.append("peft")
+    tags += [t for t in discovery_tags(config, results, dataset) if t not in tags]
     evals = [EvalResult(task_type=task_type, dataset_type=dataset or "custom", dataset_name=dataset or "custom",
                         dataset_split=split, metric_type=metric, metric_value=round(value, 6), metric_name=name)
-             for metric, value, split, name in _eval_metrics(config, results) + _assessment_evals(config, results)]
+             for metric, value, split, name in _eval_metrics(config, results) + _assessment_evals(config, results)
+             + _discovery_evals(config, results)]
     n_headline = len(_eval_metrics(config, results))  # the rest: subgroups, ECE, interval (own section)
     kept: dict[str, Any] = {}
     if existing:
@@ -234,6 +241,76 @@ def build_model_card(config: AdapterConfig, results: dict | None = None, existin
     text = f"---\n{data.to_yaml()}\n---\n{body}"
     _check_card(text, config, len(evals))
     return text
+
+
+# ------------------------------------------------------------------------------ Hub discovery
+DISCOVERY_FIELDS = ("method", "dataset", "task", "backbone", "headline")
+"""``medpeft-<field>:<value>`` tags: what the app's Hub search filters by (``HfApi.list_models(filter=...)``)."""
+
+
+def discovery_tag(field: str, value: str) -> str:
+    return f"medpeft-{field}:{value}"
+
+
+def _headline_key(config: AdapterConfig, results: dict | None) -> str | None:
+    for p in (results or {}).get("per_seed") or []:
+        if isinstance(p.get("test"), dict) and p["test"].get("headline"):
+            return str(p["test"]["headline"])
+    keys = [m for m, _, _, _ in _eval_metrics(config, results)]
+    for k in ("auroc", "f1_macro") if config.task == "multilabel" else ("f1_macro", "auroc", "accuracy"):
+        if k in keys:
+            return k
+    return keys[0] if keys else None
+
+
+def discovery_tags(config: AdapterConfig, results: dict | None = None, dataset: str | None = None) -> list[str]:
+    """Every repo's search tags: ``medpeft``, the method, the dataset, the task and the base model's id (the
+    backbone's name where no Hub model is), plain and as ``medpeft-<field>:<value>`` (unambiguous filters)."""
+    dataset = dataset or config.dataset or (results or {}).get("dataset")
+    base = base_model_id(config.backbone, config.pretrained) or config.backbone
+    fields = {"method": config.method, "dataset": dataset, "task": config.task, "backbone": config.backbone,
+              "headline": _headline_key(config, results)}
+    plain = ["medpeft", config.method, dataset, config.task, base]
+    return list(dict.fromkeys([t for t in plain if t] + [discovery_tag(k, v) for k, v in fields.items() if v]))
+
+
+def _discovery_evals(config: AdapterConfig, results: dict | None) -> list[tuple[str, float, str | None, str]]:
+    """model-index entries the Hub listing shows before download, beyond the headline and ECE: the worst
+    subgroup's test score and the trainable parameter count."""
+    out = []
+    fairness = ((results or {}).get("fairness") or {}).get("test") or {}
+    worst = (fairness.get("worst_group_score") or {}).get("mean") if fairness else None
+    if not _finite(worst) and config.calibration.get("subgroups"):
+        scores = [g.get("score") for a in config.calibration["subgroups"].values() for g in a["groups"].values()]
+        worst = min((v for v in scores if _finite(v)), default=None)
+    if _finite(worst):
+        out.append(("worst_group", float(worst), "test", "test worst-subgroup score"))
+    if config.trainable_params:
+        out.append(("trainable_params", float(config.trainable_params), None, "trainable parameters"))
+    return out
+
+
+def discovery_summary(tags: list[str] | None, eval_results: list | None) -> dict[str, Any]:
+    """What a Hub listing shows of a repo before download, from its tags and its card's model-index
+    (``huggingface_hub`` ``EvalResult`` objects): method, dataset, task, backbone, headline metric and value,
+    worst-group score, ECE (temperature-scaled where fitted), trainable parameters."""
+    out: dict[str, Any] = {k: None for k in DISCOVERY_FIELDS}
+    for t in tags or []:
+        for k in DISCOVERY_FIELDS:
+            if isinstance(t, str) and t.startswith(f"medpeft-{k}:"):
+                out[k] = t.split(":", 1)[1]
+    out.update(headline_value=None, worst_group=None, ece=None, trainable_params=None)
+    for e in eval_results or []:
+        kind, value, name = e.metric_type, e.metric_value, e.metric_name or ""
+        if kind == out["headline"] and out["headline_value"] is None and "=" not in name:
+            out["headline_value"] = value
+        elif kind == "worst_group":
+            out["worst_group"] = value
+        elif kind == "ece" and (out["ece"] is None or "temperature-scaled" in name):
+            out["ece"] = value
+        elif kind == "trainable_params":
+            out["trainable_params"] = int(value)
+    return out
 
 
 def _drop_metric_table(body: str) -> str:

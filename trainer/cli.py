@@ -14,6 +14,7 @@ import json
 from typing import Any
 
 from adapters import METHODS, OFFLINE_LITE0
+from adapters.foundation import preset_names
 
 from .config import (CHOICES, DEFAULT_CNN, DEFAULT_VIT, FIELDS, RUNS_DIR, ConfigError, TrainConfig, dataset_names,
                      flag, load_yaml)
@@ -23,10 +24,13 @@ HELP: dict[str, str] = {
     "method": "PEFT method: {methods} (details: python -m adapters list)",
     "dataset": "dataset loader, reading its download layout: {datasets} (generation: {gen_datasets})",
     "data_dir": "the dataset's folder as downloaded (required)",
-    "backbone": (f"timm model name, or {OFFLINE_LITE0} (ImageNet weights that need no network) "
+    "backbone": (f"a foundation preset ({', '.join(preset_names())}: downloads its Hub repo; licences and "
+                 f"gating: python -m adapters backbones), a timm model name, or {OFFLINE_LITE0} (ImageNet weights "
+                 f"that need no network) "
                  f"(default: ViT-B/16 {DEFAULT_VIT} for ViT methods, ResNet50 {DEFAULT_CNN} for CNN-only ones)"),
     "img_size": "input size in pixels (default: the backbone's own, e.g. 224)",
-    "init_checkpoint": "foundation weights to start from: a .pth (MAE format), .safetensors or hf-hub:org/name (default: none)",
+    "init_checkpoint": ("foundation weights to start from: a .pth (MAE format), .safetensors or hf-hub:org/name; "
+                        "with a preset --backbone, a folder laid out as its Hub repo (default: none)"),
     "global_pool": "ViT pooling: token or avg (default: timm's; avg + fc_norm with --init-checkpoint, as MAE fine-tuning)",
     "fc_norm": "ViT: LayerNorm on the pooled features (default: with avg pooling of an init checkpoint)",
     "drop_path": "stochastic depth rate (default: the backbone's)",
@@ -47,7 +51,7 @@ HELP: dict[str, str] = {
     "test_frac": "test share of the images (default: the dataset's; ignored where the dataset has an official test list)",
     "split_seed": "seed of the one train/val/test split that every training seed shares",
     "resplit_per_seed": "draw a new split for each training seed instead (the split seed is then the training seed)",
-    "cache_dir": "decoded-image cache folder (default: .cache beside the run folder)",
+    "cache_dir": "decoded-image cache folder (default: $MEDPEFT_CACHE_DIR/images, else ~/.cache/medpeft/images)",
     "num_workers": "DataLoader worker processes (0: load in the main process; default: min(8, CPUs - 1))",
     "cache_features": "linear_probe: train the head on cached frozen-backbone features",
     "skip_bad_images": "drop images that cannot be decoded (listed in the results' data notes) instead of stopping",
@@ -80,6 +84,8 @@ HELP: dict[str, str] = {
     "output_dir": f"run folder (default: {RUNS_DIR}/<method>-<dataset>-<date>-<time>)",
     "resume": "continue the interrupted run in --output-dir from its last checkpoint (the epoch budget may grow)",
     "overwrite": "replace the run already in --output-dir",
+    "keep_checkpoints": "keep each seed's resume checkpoint and best-epoch copy once the run is finished "
+                        "(default: removed; adapter/ keeps the tensors)",
     "push_to_hub": "push the best adapter to this Hub repo (org/name) at the end (default: no push)",
     "hub_private": "make the pushed Hub repo private",
 }

@@ -67,7 +67,7 @@ class TrainConfig:
     min_group_size: int = 30  # a smaller subgroup is listed as too small, not scored
     bootstrap_resamples: int = 1000  # resamples of the test headline's 95% interval (0: none)
     select_on: str = "headline"  # the validation score that picks the epoch: headline | worst_group (FairTune)
-    cache_dir: str | None = None  # decoded-image cache; default <output_dir>/../.cache
+    cache_dir: str | None = None  # decoded-image cache; default $MEDPEFT_CACHE_DIR/images (trainer.data.cache)
     num_workers: int | None = None  # None: sized to the machine, min(8, CPUs - 1) (trainer.loops.precision)
     cache_features: bool = True  # linear_probe: train the head on cached frozen-backbone features
     skip_bad_images: bool = False  # drop undecodable images (listed in the data notes) instead of failing
@@ -103,6 +103,7 @@ class TrainConfig:
     output_dir: str | None = None  # None: runs/<method>-<dataset>-<time>
     resume: bool = False
     overwrite: bool = False
+    keep_checkpoints: bool = False  # keep each seed's resume checkpoint and best-epoch copy after the run
     push_to_hub: str | None = None
     hub_private: bool = True
 

@@ -12,9 +12,15 @@ Layout::
     <run>/config.yaml                the resolved configuration
     <run>/seed_<k>/splits.json       the exact split (classification)
     <run>/seed_<k>/history.json      per-epoch loss and validation metrics
+    <run>/seed_<k>/predictions.csv   per-image probabilities of val and test (trainer.loops.predictions)
     <run>/seed_<k>/checkpoint/       the last checkpoint, for --resume (trainer.loops.checkpoint)
+    <run>/seed_<k>/best.safetensors  the best-validation epoch's tensors, tested at the end
     <run>/seed_<k>/adapter/          the adapter folder (adapters.io format)
     <run>/results.json               written last: metrics over seeds, params, versions
+    <run>/.in_use                    while a process writes the run: its pid, host and start time
+
+Each tensor is kept once: when the run is finished, ``checkpoint/`` and ``best.safetensors`` (copies of
+what ``adapter/`` holds, plus the optimizer state) are removed, unless ``--keep-checkpoints``.
 
 A generation run with one seed keeps its seed's files in ``<run>/`` itself (``flat=True``), as it always did.
 """
@@ -23,7 +29,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -35,10 +43,15 @@ CONFIG_NAME = "config.yaml"
 # What a resumed run may change: its epoch budget, where and whether its result goes, and the images it
 # writes for validation and FID (sampling only: training is unaffected).
 RESUME_MAY_CHANGE = frozenset({"epochs", "max_train_steps", "output_dir", "resume", "overwrite", "push_to_hub",
+                               "keep_checkpoints",
                                "hub_private", "fid_samples", "validation_steps", "validation_prompts",
                                "num_inference_steps", "guidance_scale"})
 RUN_KIND = "medpeft-run"
 """``results.json``'s ``"kind"``: what tells a MedPEFT run from any other results.json."""
+TRIAL_KIND = "medpeft-search-trial"
+"""The ``"kind"`` of an HPO trial's results.json: validation scores only, never a leaderboard row."""
+LOCK_NAME = ".in_use"
+PREDICTIONS_NAME = "predictions.csv"
 
 
 class RunExistsError(ConfigError):
@@ -149,6 +162,17 @@ class RunResults:
             return None
         return (self.run_dir / str(self.data.get("adapter_dir", ""))).resolve()
 
+    @staticmethod
+    def search_trial(data: dict) -> dict:
+        """An HPO trial's results.json: its kind says so, and nothing in it names the test split (the
+        trial never saw it): no test sizes, no test options from the config (config.yaml keeps them)."""
+        data = {**data, "kind": TRIAL_KIND}
+        data["split_sizes"] = {k: v for k, v in (data.get("split_sizes") or {}).items() if k != "test"}
+        data["config"] = {k: v for k, v in (data.get("config") or {}).items() if not k.startswith("test")}
+        data["per_seed"] = [{k: v for k, v in r.items() if k != "test"} | {"split_sizes": {
+            k: n for k, n in (r.get("split_sizes") or {}).items() if k != "test"}} for r in data.get("per_seed", [])]
+        return data
+
     def write(self, folder: str | os.PathLike) -> Path:
         """``<folder>/results.json``, atomically; sets :attr:`path`."""
         self.path = write_json_atomic(Path(folder) / RESULTS_NAME, self.data)
@@ -170,6 +194,7 @@ class RunDir:
         run (``results.json``) and neither ``cfg.overwrite`` nor ``cfg.resume`` is set."""
         run = cls.check_can_start(cfg, flat=flat)
         run.root.mkdir(parents=True, exist_ok=True)
+        run.acquire()
         return run
 
     @classmethod
@@ -177,12 +202,21 @@ class RunDir:
         """The run folder of ``cfg.output_dir``, not created; :class:`RunExistsError` when it holds a
         finished run (``results.json``) and neither ``cfg.overwrite`` nor ``cfg.resume`` is set."""
         run = cls(cfg.output_dir, cfg.seeds, flat=flat)
+        holder = run_in_use(run.root)
+        if holder:
+            raise RunExistsError(f"{run.root} is in use by a running process ({holder}); wait for it to finish, "
+                                 f"stop it, or choose another --output-dir")
         if run.finished and not (cfg.overwrite or cfg.resume):
             raise RunExistsError(f"{run.root} already holds a finished run ({RESULTS_NAME}). Use --overwrite to "
                                  f"replace it or choose another --output-dir")
         if run.config_path.exists() and not run.finished and not (cfg.overwrite or cfg.resume):
             raise RunExistsError(f"{run.root} holds an interrupted run: continue it with --resume, start it over "
                                  f"with --overwrite, or choose another --output-dir")
+        if cfg.resume and run.finished and not any(
+                (run.checkpoint_dir(s) / "state.json").exists() for s in run.seeds):
+            raise RunExistsError(f"{run.root} holds a finished run whose checkpoints were removed when it finished "
+                                 f"(--keep-checkpoints keeps them): it cannot be continued; start it over with "
+                                 f"--overwrite or choose another --output-dir")
         if cfg.resume and not cfg.overwrite and run.config_path.exists():
             changed = run.changed_settings(cfg)
             if changed:
@@ -237,10 +271,71 @@ class RunDir:
         """The best-validation adapter tensors so far (classification; tested once at the end)."""
         return self.seed_dir(seed) / "best.safetensors"
 
+    def predictions_path(self, seed: int) -> Path:
+        return self.seed_dir(seed) / PREDICTIONS_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_NAME
+
+    # -- in use by a process
+    def acquire(self) -> None:
+        """Mark the folder in use by this process (the main one under torchrun: ranks share a launcher)."""
+        if os.environ.get("RANK", "0") != "0":
+            return
+        info = {"pid": os.getpid(), "ppid": os.getppid(), "host": platform.node(), "started": time.time()}
+        write_json_atomic(self.lock_path, info)
+
+    def release(self) -> None:
+        """Unmark the folder (only this process's own mark)."""
+        info = _read_lock(self.lock_path)
+        if info and info.get("pid") == os.getpid() and info.get("host") == platform.node():
+            self.lock_path.unlink(missing_ok=True)
+
+    def break_mark(self) -> None:
+        """Remove the in-use mark whoever set it: for a caller that knows its writer is dead (a benchmark
+        seed run re-queued after its worker stopped heartbeating, possibly on another host)."""
+        self.lock_path.unlink(missing_ok=True)
+
+    # -- each tensor once
+    def drop_weights(self) -> list[Path]:
+        """Every tensor file of the run: checkpoints, best-epoch copies and adapters (an HPO trial whose
+        configuration is retrained elsewhere keeps only its results and history)."""
+        gone = self.drop_checkpoints()
+        for seed in self.seeds:
+            for adapter in {self.adapter_dir(seed), *self.seed_dir(seed).glob("adapter")}:
+                if adapter.is_dir():
+                    shutil.rmtree(adapter, ignore_errors=True)
+                    gone.append(adapter)
+        return gone
+
+    def drop_checkpoints(self) -> list[Path]:
+        """Remove every seed's resume checkpoint and best-epoch copy (the adapter keeps the tensors)."""
+        gone = []
+        for seed in self.seeds:
+            for p in (self.checkpoint_dir(seed), self.best_weights_path(seed)):
+                for q in (p, p.with_name(p.name + ".tmp"), p.with_name(p.name + ".old")):
+                    if q.is_dir():
+                        shutil.rmtree(q, ignore_errors=True)
+                        gone.append(q)
+                    elif q.exists():
+                        q.unlink(missing_ok=True)
+                        gone.append(q)
+        return gone
+
     # -- writing
     def save_config(self, cfg) -> Path:
-        cfg.save(self.config_path)
-        return self.config_path
+        """``config.yaml``, atomically: its presence marks a started run, so never half of one."""
+        import yaml
+
+        path = self.config_path
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
 
     def write_history(self, seed: int, history: list[dict]) -> Path:
         return write_json_atomic(self.history_path(seed), history)
@@ -253,8 +348,39 @@ class RunDir:
     def read_results(self) -> RunResults:
         return RunResults.read(self.results_path)
 
-    def push(self, results: dict, repo_id: str, private: bool = True) -> str:
-        """Upload the best adapter (``results["adapter_dir"]``) with a model card built from ``results``."""
-        from .hub import push_adapter
 
-        return push_adapter(self.root / results["adapter_dir"], repo_id, private=private, results=results)
+def _read_lock(path: Path) -> dict | None:
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists, owned by someone else
+    return True
+
+
+def run_in_use(root: str | os.PathLike) -> str | None:
+    """Who is writing the run folder ``root`` now ("pid 123 on host h, since 12:01"), or None: no mark,
+    a mark of a process that is gone (a killed run: resumable), this process's own, or its torchrun
+    siblings'. A mark from another host is trusted for a day (its pid cannot be checked from here)."""
+    info = _read_lock(Path(root) / LOCK_NAME)
+    if not info or not isinstance(info.get("pid"), int):
+        return None
+    pid, host = info["pid"], str(info.get("host", "?"))
+    since = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(info.get("started", 0) or 0)))
+    if host == platform.node():
+        if pid == os.getpid() or not _pid_alive(pid):
+            return None
+        if os.environ.get("WORLD_SIZE") and info.get("ppid") == os.getppid():
+            return None  # a rank of the same torchrun launch
+    elif time.time() - float(info.get("started", 0) or 0) > 86_400:
+        return None
+    return f"pid {pid} on host {host}, since {since}; if no such process runs, delete {Path(root) / LOCK_NAME}"

@@ -57,7 +57,8 @@ def build_app(settings: Settings | str | os.PathLike | None = None, *, hub_repos
         settings = Settings.from_env(adapters_dir=settings, hub_repos=hub_repos, sd_base=sd_base,
                                      results_dirs=results_dirs, examples_dir=examples_dir,
                                      hub_endpoint=hub_endpoint, train_dir=train_dir, create_demo=create_demo)
-    state = AppState(settings, predictor or Predictor(), generator or Generator())
+    state = AppState(settings, predictor or Predictor(memory_mb=settings.serve_memory_mb),
+                     generator or Generator())
     load_adapters(state)
     examples_dir = settings.examples_dir or Path(tempfile.gettempdir()) / "medpeft-app-examples"
     outputs = OutputFiles(tempfile.mkdtemp(prefix="medpeft-app-outputs-"))

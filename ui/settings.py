@@ -7,6 +7,8 @@ of the app and the library get them as arguments.
 - ``MEDPEFT_RESULTS_DIRS``: extra folders of results.json for the leaderboard (os.pathsep-separated)
 - ``MEDPEFT_DATA_ROOTS``: the folders the Train tab may read registered datasets from
   (os.pathsep-separated; unset: any folder; set it on a public server)
+- ``MEDPEFT_SERVE_MEMORY_MB``: memory for merged copies of adapters (default 0: none; every adapter is
+  served unmerged on one shared frozen base per backbone, see ``trainer.infer.serving``)
 - ``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT``: host and port (``python app.py`` defaults)
 - ``HF_ENDPOINT`` (through huggingface_hub) and ``HF_TOKEN`` are read by the Hub client itself.
 """
@@ -32,6 +34,7 @@ class Settings:
     examples_dir: Path | None = None  # default: <tmp>/medpeft-app-examples
     train_dir: Path | None = None  # the Train tab's scratch folder; default a new temporary folder
     create_demo: bool = True  # write an ImageNet demo adapter when no adapter is found
+    serve_memory_mb: float = 0.0  # merged adapter copies kept within this many MB (0: none)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -46,7 +49,8 @@ class Settings:
                       results_dirs=split("MEDPEFT_RESULTS_DIRS", os.pathsep),
                       data_roots=split("MEDPEFT_DATA_ROOTS", os.pathsep),
                       host=env.get("GRADIO_SERVER_NAME") or "127.0.0.1",
-                      port=int(env.get("GRADIO_SERVER_PORT") or 7860))
+                      port=int(env.get("GRADIO_SERVER_PORT") or 7860),
+                      serve_memory_mb=_nonnegative(env.get("MEDPEFT_SERVE_MEMORY_MB"), "MEDPEFT_SERVE_MEMORY_MB"))
         values.update({k: v for k, v in overrides.items() if v is not None})
         for key in ("adapters_dir", "examples_dir", "train_dir"):
             if values.get(key) is not None:
@@ -57,3 +61,15 @@ class Settings:
 
     def replace(self, **changes) -> "Settings":
         return dataclasses.replace(self, **changes)
+
+
+def _nonnegative(value: str | None, name: str) -> float:
+    if not (value or "").strip():
+        return 0.0
+    try:
+        v = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of megabytes, not {value!r}") from None
+    if v < 0 or v != v:
+        raise ValueError(f"{name} must be >= 0, not {value!r}")
+    return v

@@ -30,6 +30,7 @@ class AppState:
         self.generator = generator
         self._lock = threading.Lock()
         self.adapters = AdapterList()
+        self.pulled: list[str] = []  # Hub repos pulled from the Classify tab's Hub search (issue 21)
 
     @property
     def adapters_dir(self) -> Path:
@@ -37,7 +38,7 @@ class AppState:
 
     @property
     def hub_repos(self) -> list[str]:
-        return list(self.settings.hub_repos)
+        return list(dict.fromkeys([*self.settings.hub_repos, *self.pulled]))
 
     @property
     def hub_endpoint(self) -> str | None:

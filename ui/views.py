@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from trainer.infer import AdapterList
+from trainer.loops.fairness import worst_group_text
 from trainer.jobs.progress import metric_label, pct
 from trainer.study.results import format_params
 
@@ -178,8 +179,8 @@ def assessment_markdown(assessment: dict) -> list[str]:
                   f"| calibrated | {_num(a['ece'])} | {_num(a['brier'])} | {_num(a['nll'])} |"]
     test = (assessment.get("subgroups") or {}).get("test")
     for attr, entry in ((test or {}).get("attributes") or {}).items():
-        lines += ["", f"**Subgroups by {attr}** (test split, {metric_label(test['headline'])}; worst "
-                      f"{entry['worst_group'] or 'n/a'}, gap {pct(entry['gap'])}, equalized-odds difference "
+        lines += ["", f"**Subgroups by {attr}** (test split, {metric_label(test['headline'])}; "
+                      f"{worst_group_text(entry, pct)}, equalized-odds difference "
                       f"{_num(entry['equalized_odds_difference'])}):", "",
                   "| group | images | score | accuracy |", "|---|---:|---:|---:|"]
         for value, g in entry["groups"].items():
@@ -217,3 +218,19 @@ def adapter_status(adapters: AdapterList, adapters_dir: Path, with_hub: bool) ->
     if adapters.messages:
         text += "\n\n" + "\n".join(f"- {m}" for m in adapters.messages)
     return text
+
+
+def nearest_training_markdown(result: dict) -> str:
+    """The Generate tab's line under the nearest training image (trainer.geneval.nearest)."""
+    if not result.get("available"):
+        return f"Nearest training image: not available. {result.get('reason', '')}".strip()
+    verdict = ""
+    if result.get("flagged") is not None:
+        verdict = (" **Flagged as a near-copy** (below the run's calibrated threshold "
+                   f"{result['threshold']:.3f})." if result["flagged"] else
+                   f" Not a near-copy (the run's calibrated threshold is {result['threshold']:.3f}).")
+    missing = result["n_listed"] - result["n_train"]
+    note = f" ({missing} listed training images are not on this machine.)" if missing else ""
+    return (f"Nearest of {result['n_train']:,} training images: `{Path(result['path']).name}`, pixel distance "
+            f"{result['distance']:.3f} (1 - aligned correlation), relative distance {result['relative']:.3f} "
+            f"(to the next nearest).{verdict}{note}")

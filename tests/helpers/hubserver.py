@@ -19,10 +19,14 @@ Endpoints:
 ``POST /api/models/{repo}/preupload/{rev}``           ``uploadMode: regular`` for every file
 ``POST /api/models/{repo}/commit/{rev}``              NDJSON: header, file (base64), deletedFile,
                                                       deletedFolder; ``lfsFile`` is refused (400)
+``GET  /api/models`` (``HfApi.list_models``)          search: ``filter`` (tags, all must match), ``search``,
+                                                      ``author``, ``limit``; ``cardData``/``full``: the
+                                                      README front matter as ``cardData``
 ``GET  /api/models/{repo}[/revision/{rev}]``          sha, private, siblings
 ``GET  /api/models/{repo}/tree/{rev}[/{path}]``       files (+ folders unless ``recursive``)
 ``HEAD|GET /{repo}/resolve/{rev}/{path}``             X-Repo-Commit, quoted ETag (git blob sha1),
-                                                      Content-Length; ``Range: bytes=a-[b]``
+                                                      Content-Length; ``Range: bytes=a-[b]``; a gated
+                                                      repo (``gate()``) answers 401 GatedRepo without the token
 ====================================================  =============================================
 
 Auth: writes and whoami need ``Authorization: Bearer <token>`` (401 otherwise; the Hub's
@@ -64,6 +68,7 @@ class FakeHub:
         self.log: list[tuple[str, str, int]] = []  # (method, path, status) of every request
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.gated: set[str] = set()  # repos whose files need the token (see gate())
 
     # ------------------------------------------------------------------ lifecycle and inspection
     def start(self) -> "FakeHub":
@@ -90,6 +95,11 @@ class FakeHub:
 
     def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         return dict(self._snapshot(repo_id, revision, self.token)[1])
+
+    def gate(self, repo_id: str) -> None:
+        """Make ``repo_id`` gated, as the Hub does for licensed models: its info is public, but its files
+        answer 401 ``GatedRepo`` without the token (the client raises ``GatedRepoError``)."""
+        self.gated.add(repo_id)
 
     # ------------------------------------------------------------------ repo state
     def _repo(self, repo_id: str, auth: str | None) -> dict:
@@ -169,6 +179,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", r"/api/validate-yaml", self.validate_yaml),
             ("POST", rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", self.preupload),
             ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", self.commit),
+            ("GET", r"/api/models", self.list_models),
             ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", self.repo_info),
             ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self.tree),
             ("GET|HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve),
@@ -284,6 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, list(entries.values()))
 
     def resolve(self, query, repo, rev, path) -> None:
+        if repo in self.fake.gated and self._auth() != self.fake.token:
+            raise HubHTTPError(401, f"Access to model {repo} is restricted. You must have access to it and be "
+                                    f"authenticated to access it. Please log in.", "GatedRepo")
         sha, files = self.fake._snapshot(repo, rev, self._auth())
         if path not in files:
             raise HubHTTPError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": sha})
@@ -295,3 +309,41 @@ class _Handler(BaseHTTPRequestHandler):
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
             return self._send(206, data[start:end + 1], headers, "application/octet-stream")
         self._send(200, data, headers, "application/octet-stream")
+
+    # ------------------------------------------------------------------ search (HfApi.list_models)
+    def list_models(self, query) -> None:
+        """Every repo the caller may read whose tags (the README's ``tags``, plus ``library_name``,
+        ``base_model:<id>`` and ``dataset:<name>`` as the Hub derives them) include every ``filter`` value."""
+        q = parse_qs(urlsplit(self.path).query)
+        filters, auth = q.get("filter", []), self._auth()
+        search, author = (q.get("search") or [""])[-1], (q.get("author") or [None])[-1]
+        with_card = any((q.get(k) or ["false"])[-1].lower() in ("1", "true") for k in ("cardData", "full"))
+        out = []
+        for repo_id, repo in sorted(self.fake.repos.items()):
+            if repo["private"] and auth != self.fake.token:
+                continue
+            if (search and search.lower() not in repo_id.lower()) or (author and repo_id.split("/")[0] != author):
+                continue
+            meta = _front_matter(repo["commits"][repo["main"]].get("README.md", b""))
+            tags = [t for t in meta.get("tags") or [] if isinstance(t, str)]
+            tags += [meta["library_name"]] if isinstance(meta.get("library_name"), str) else []
+            tags += [f"base_model:{meta['base_model']}"] if isinstance(meta.get("base_model"), str) else []
+            tags += [f"dataset:{d}" for d in meta.get("datasets") or [] if isinstance(d, str)]
+            if not all(f in tags for f in filters):
+                continue
+            item = {"id": repo_id, "modelId": repo_id, "private": repo["private"], "sha": repo["main"], "tags": tags,
+                    "downloads": 0, "likes": 0, "library_name": meta.get("library_name")}
+            if with_card:
+                item["cardData"] = meta
+            out.append(item)
+        limit = (q.get("limit") or [None])[-1]
+        self._send(200, out[:int(limit)] if limit else out)
+
+
+def _front_matter(readme: bytes) -> dict:
+    m = re.match(r"^---\r?\n(.*?)\r?\n---\r?\n", readme.decode("utf-8", "replace"), re.S)
+    try:
+        meta = yaml.safe_load(m.group(1)) if m else {}
+    except yaml.YAMLError:
+        return {}
+    return meta if isinstance(meta, dict) else {}

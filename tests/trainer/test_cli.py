@@ -83,9 +83,9 @@ def test_finished_run_is_not_overwritten(shapes, tmp_path, capsys):
 
 def test_resume_continues_from_the_last_epoch(shapes, tmp_path):
     out = tmp_path / "run"
-    assert trainer_main(tiny_args(shapes, out, "--epochs", "2")) == 0
+    assert trainer_main(tiny_args(shapes, out, "--epochs", "2", "--keep-checkpoints")) == 0
     first = json.loads((out / "seed_0" / "history.json").read_text())
-    (out / "results.json").unlink()  # as if killed after epoch 2 of 3
+    (out / "results.json").unlink()  # as if killed after epoch 2 of 3 (a killed run keeps its checkpoint)
     assert trainer_main(tiny_args(shapes, out, "--epochs", "3", "--resume")) == 0
     history = json.loads((out / "seed_0" / "history.json").read_text())
     assert [h["epoch"] for h in history] == [1, 2, 3]

@@ -252,3 +252,199 @@ def test_default_run_folder_names_method_dataset_and_time(tmp_path, monkeypatch)
     again = parse_config(["--method", "bitfit", "--dataset", "ham10000"]).output_dir
     assert again != cfg.output_dir and again.startswith("runs/bitfit-ham10000-")
     assert parse_config(["--output-dir", "x"]).output_dir == "x"
+
+
+# ----------------------------------------------------------------------------- where a run writes (issue 23)
+def _one_line_error(rc: int, err: str, expected: str) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.search(line)]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert expected in lines[0], err
+
+
+def _deny_writes_in(monkeypatch, folder: Path, code: int) -> None:
+    """Creating a file inside ``folder`` fails with ``code`` (as for a non-root user, or a read-only mount)."""
+    import errno
+    import os
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, dir=None, **k):
+        if dir is not None and Path(dir).resolve() == folder.resolve():
+            raise OSError(code, os.strerror(code), str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    assert code in (errno.EACCES, errno.EROFS)
+
+
+@pytest.mark.parametrize("case", ["output_under_a_file", "output_on_proc", "output_permission_denied",
+                                  "output_read_only", "cache_on_proc", "cache_permission_denied"])
+def test_places_a_run_writes_are_checked_before_it_writes(case, inputs, tmp_path, monkeypatch, capsys):
+    import errno
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    parent = tmp_path / "parent"
+    parent.mkdir()
+    out, cache = parent / "run", tmp_path / "cache"
+    expected = {"output_under_a_file": "is a file, not a folder", "output_on_proc": "--output-dir /proc/",
+                "output_permission_denied": "permission denied", "output_read_only": "read-only file system",
+                "cache_on_proc": "image cache", "cache_permission_denied": "image cache"}[case]
+    if case == "output_under_a_file":
+        out = inputs["file"] / "run"
+    elif case == "output_on_proc":
+        out = Path("/proc/medpeft-run")
+    elif case in ("output_permission_denied", "output_read_only"):
+        _deny_writes_in(monkeypatch, parent, errno.EACCES if "permission" in case else errno.EROFS)
+    elif case == "cache_on_proc":
+        cache = Path("/proc/medpeft-cache")
+    else:
+        cache.mkdir()
+        _deny_writes_in(monkeypatch, cache, errno.EACCES)
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(cache))
+    rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(out)])
+    _one_line_error(rc, capsys.readouterr().err, expected)
+    assert not list(parent.iterdir())  # nothing written: not the run folder, not the cache
+    assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
+
+
+def test_image_cache_lives_in_one_documented_place_never_beside_the_run(inputs, tmp_path, monkeypatch):
+    from trainer.data.cache import image_cache_dir
+
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "c"))
+    assert image_cache_dir() == tmp_path / "c" / "images" and image_cache_dir("x") == Path("x")
+    monkeypatch.delenv("MEDPEFT_CACHE_DIR")
+    monkeypatch.delenv("MEDPEFT_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert image_cache_dir() == tmp_path / "xdg" / "medpeft" / "images"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert image_cache_dir() == Path.home() / ".cache" / "medpeft" / "images"
+
+
+def _full_disk_open(real_open, target: str, written: dict):
+    """``open`` whose files named ``target`` take half of a write, then fail with ENOSPC."""
+    import errno
+    import os
+
+    def fake(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        if target in os.fspath(file) and ("w" in mode or "a" in mode):
+            real_write = f.write
+
+            def write(data):
+                real_write(data[: len(data) // 2])
+                written[os.fspath(file)] = True
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(file))
+
+            f.write = write
+        return f
+
+    return fake
+
+
+def test_disk_full_while_caching_images_is_one_line_and_leaves_no_cache_file(inputs, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    import trainer.data.cache as cache_module
+
+    monkeypatch.setenv("MEDPEFT_CACHE_DIR", str(tmp_path / "cache"))
+    written: dict = {}
+    monkeypatch.setattr(cache_module, "open", _full_disk_open(builtins.open, ".u8", written), raising=False)
+    rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(tmp_path / "out")])
+    _one_line_error(rc, capsys.readouterr().err, "no space left on the device (ENOSPC)")
+    assert written  # the fault did happen mid-write
+    assert not [p.name for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing half-written kept
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_disk_full_while_writing_results_or_the_adapter_keeps_the_run_resumable(inputs, tmp_path, monkeypatch,
+                                                                                   capsys):
+    import builtins
+    import errno
+
+    import adapters.io as io_module
+    import trainer.run_dir as run_dir_module
+    from safetensors import SafetensorError
+
+    written: dict = {}
+    out = tmp_path / "out"
+    monkeypatch.setattr(run_dir_module, "open", _full_disk_open(builtins.open, "results.json", written), raising=False)
+    rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(out)])
+    _one_line_error(rc, capsys.readouterr().err, "no space left")
+    assert written and not (out / "results.json").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert not (out / ".in_use").exists()  # released: the folder is resumable, not "in use"
+    monkeypatch.undo()
+
+    def full_disk_save(tensors, path, metadata=None):  # safetensors' own (Rust) error for a full disk
+        Path(path).write_bytes(b"\0" * 10)
+        raise SafetensorError(f"Error while serializing: IoError(Os {{ code: {errno.ENOSPC}, kind: StorageFull, "
+                              f"message: \"No space left on device\" }})")
+
+    monkeypatch.setattr(io_module, "save_file", full_disk_save)
+    rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(tmp_path / "out2")])
+    _one_line_error(rc, capsys.readouterr().err, "no space left on the device (ENOSPC)")
+    assert not list((tmp_path / "out2").rglob("adapter_model.safetensors"))
+    assert not list((tmp_path / "out2").rglob("best.safetensors"))
+    assert not (tmp_path / "out2" / "results.json").exists()
+
+
+def test_a_folder_in_use_by_a_live_process_says_so_and_names_it(inputs, tmp_path, monkeypatch, capsys):
+    import json
+    import os
+    import platform
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.yaml").write_text("method: bitfit\n")
+    lock = {"pid": os.getppid(), "ppid": 1, "host": platform.node(), "started": time.time()}
+    (out / ".in_use").write_text(json.dumps(lock))
+    rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(out), "--resume"])
+    err = capsys.readouterr().err
+    _one_line_error(rc, err, f"in use by a running process (pid {os.getppid()} on host")
+    assert "interrupted" not in err
+    lock["pid"] = 2**22 + 12345  # no such process: a killed run, resumable (the message says interrupted)
+    (out / ".in_use").write_text(json.dumps(lock))
+    rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(out)])
+    _one_line_error(rc, capsys.readouterr().err, "interrupted run")
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--trials", "0"], "--trials must be an integer of at least 1, got 0"),
+    (["--trials", "-2"], "--trials"),
+    (["--trials", "many"], "--trials"),
+    (["--reduction-factor", "1"], "--reduction-factor"),
+    (["--min-resource", "0"], "--min-resource"),
+    (["--sampler-seed", "-1"], "--sampler-seed"),
+    (["--epochs", "0"], "--epochs"),
+])
+def test_hpo_numeric_options_are_checked_and_nothing_is_written(argv, expected, inputs, tmp_path, capsys):
+    from trainer.study.hpo import main as hpo_main
+
+    out = tmp_path / "study"
+    rc = hpo_main(good(str(inputs["shapes"])) + ["--output-dir", str(out)] + argv)
+    _one_line_error(rc, capsys.readouterr().err, expected)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--heartbeat", "0"], "--heartbeat"), (["--stale-after", "5"], "--stale-after"), (["--poll", "nan"], "--poll"),
+    (["--poll", "-1"], "--poll"), (["--max-trials", "0"], "--max-trials"), (["--heartbeat", "x"], "--heartbeat"),
+])
+def test_benchmark_numeric_options_are_checked_and_nothing_is_written(argv, expected, tmp_path, capsys):
+    from trainer.study.benchmark import main as bench_main
+
+    grid = tmp_path / "g.yaml"
+    grid.write_text("grid: {method: [bitfit]}\n")
+    rc = bench_main(["run", str(grid), "--results-dir", str(tmp_path / "results")] + argv)
+    _one_line_error(rc, capsys.readouterr().err, expected)
+    assert not (tmp_path / "results").exists()
+    grid.write_text("grid: {method: [bitfit]}\nhpo: {trials: -1}\n")
+    rc = bench_main(["run", str(grid), "--results-dir", str(tmp_path / "results")])
+    _one_line_error(rc, capsys.readouterr().err, "hpo trials")

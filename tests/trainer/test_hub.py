@@ -154,11 +154,15 @@ def test_model_card_on_the_hub(hub, pushed):
     assert d.library_name == "peft"
     assert {"medpeft", "medical-imaging", "lora", "ham10000"} <= set(d.tags)
     assert d.datasets == ["ham10000"]
+    n = json.loads((pushed["folder"] / "medpeft.json").read_text())["trainable_params"]
     evals = {(e.metric_type, e.dataset_split): e.metric_value for e in d.eval_results}
-    assert evals == {("f1_macro", "test"): 0.6123, ("accuracy", "test"): 0.7, ("auroc", "test"): 0.8456}
+    assert evals == {("f1_macro", "test"): 0.6123, ("accuracy", "test"): 0.7, ("auroc", "test"): 0.8456,
+                     ("trainable_params", None): n}
+    # the tags the app's Hub search filters by (issue 21): medpeft, method, dataset, task, base model id
+    assert {"classification", "medpeft_tiny_vit", "medpeft-method:lora", "medpeft-dataset:ham10000",
+            "medpeft-task:classification", "medpeft-backbone:medpeft_tiny_vit"} <= set(d.tags)
     assert all(e.task_type == "image-classification" and e.dataset_type == "ham10000" for e in d.eval_results)
     assert PAPER_CITATION in card.text
-    n = json.loads((pushed["folder"] / "medpeft.json").read_text())["trainable_params"]
     assert n and f"trainable parameters: {n:,} of " in card.text
     assert "seeds: 0, 1" in card.text and "train 40, val 8, test 12" in card.text
 

@@ -6,8 +6,13 @@ is a flat byte file (``<stem>.u8``) with a table of (offset, height, width) per 
 (``<stem>.rows.npy``); ``ImageCache.array[i]`` is image i as an [H, W, 3] view.
 
 The files are keyed by a hash of (dataset name, image paths, cache size, cache version), built
-under temporary names and renamed when complete (the byte file last), so a killed build never
-leaves a file that looks finished. Images that fail to decode are reported together after the pass.
+under temporary names and renamed when complete (the byte file last), so a killed build (or a disk
+that fills up) never leaves a file that looks finished. Images that fail to decode are reported
+together after the pass.
+
+Where the cache lives (one documented place, shared by every run, trial and seed, never beside a
+run folder): ``--cache-dir`` if given, else ``$MEDPEFT_CACHE_DIR/images``, else
+``$XDG_CACHE_HOME/medpeft/images`` (``~/.cache/medpeft/images``): :func:`image_cache_dir`.
 """
 from __future__ import annotations
 
@@ -33,6 +38,20 @@ from .transforms import resize_shorter_side
 
 CACHE_VERSION = 2  # 2: whole images (shorter side to the cache size); 1 cut them to centre squares
 MAX_LISTED = 10
+CACHE_ENV = "MEDPEFT_CACHE_DIR"
+
+
+def medpeft_cache_root() -> Path:
+    """MedPEFT's cache folder: ``$MEDPEFT_CACHE_DIR``, else ``$XDG_CACHE_HOME/medpeft`` (``~/.cache/medpeft``)."""
+    root = os.environ.get(CACHE_ENV) or os.environ.get("MEDPEFT_CACHE")
+    if root:
+        return Path(root).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")) / "medpeft"
+
+
+def image_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The decoded-image cache folder: ``cache_dir`` (``--cache-dir``) if given, else the documented default."""
+    return Path(cache_dir).expanduser() if cache_dir else medpeft_cache_root() / "images"
 
 
 class RaggedImages:

@@ -80,7 +80,7 @@ def _open_pil(src, name: str, max_pixels: int, min_size: int | None) -> Image.Im
 
 
 def _dicom_to_pil(src, name: str, max_pixels: int) -> Image.Image:
-    arr = read_dicom(src)
+    arr = read_dicom(src, max_pixels=max_pixels)
     _check_size(arr.shape[1], arr.shape[0], name, max_pixels)
     return Image.fromarray(arr).convert("RGB")
 
@@ -95,7 +95,20 @@ def load_image(source, *, max_pixels: int = MAX_PIXELS, min_size: int | None = N
 
     Grey, palette, RGBA (composited on black), 16-bit (scaled by the image's own min/max),
     EXIF-rotated photos and DICOM (sniffed by content) all come back as RGB.
+
+    Every failure is a :class:`DataError` naming the file and the reason; no other exception escapes.
     """
+    try:
+        return _load(source, max_pixels, min_size)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the class: any decoder's own error becomes a DataError
+        reason = " ".join(str(exc).split())[:400]
+        raise DataError(f"{source_name(source) if not isinstance(source, (Image.Image, np.ndarray)) else 'image'} "
+                        f"could not be decoded ({type(exc).__name__}: {reason}).") from exc
+
+
+def _load(source, max_pixels: int, min_size: int | None) -> Image.Image:
     if isinstance(source, Image.Image):  # already decoded (e.g. a Gradio image component)
         _check_size(source.width, source.height, "image", max_pixels)
         return to_rgb(source).copy()

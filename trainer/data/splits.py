@@ -236,8 +236,8 @@ def save_splits(splits: dict[str, np.ndarray], index: DatasetIndex, path, meta: 
         "counts": {},
         "splits": {},
     }
-    for name in SPLITS:
-        pos = np.asarray(splits.get(name, []), dtype=np.int64)
+    for name in [n for n in SPLITS if n in splits]:  # an HPO trial's file leaves out the test split
+        pos = np.asarray(splits[name], dtype=np.int64)
         sub = index.subset(pos) if len(pos) else None
         doc["counts"][name] = sub.class_counts() if sub is not None else {c: 0 for c in index.class_names}
         doc["splits"][name] = [rel[i] for i in pos]

@@ -21,7 +21,9 @@ Datasets (``--dataset``):
 
 Options (``--dataset-option KEY=VALUE``): ``views`` (default ["PA", "AP"]), ``min_tokens`` / ``max_tokens``
 (7 / 77 for mimic_cxr, no filter for csv), ``train_groups`` / ``test_groups`` (mimic_cxr),
-``n_train`` (exact number of training pairs), ``reports_dir``, ``split`` (mimic_cxr: ``auto`` = the official
+``n_train`` (exact number of training pairs), ``val_frac`` (a validation split of whole patients taken from
+the training pool, never trained on: what ``--task generation`` searches on and calibrates memorization
+with; mimic_cxr's official split uses its ``validate`` part; a csv ``split`` column may say ``val``), ``reports_dir``, ``split`` (mimic_cxr: ``auto`` = the official
 ``mimic-cxr-2.0.0-split.csv.gz`` when present, else ``p19``; ``official``; ``p19`` = the paper's), ``one_per_study`` (first frontal image of
 each study only; default false: every frontal image is a pair).
 
@@ -43,6 +45,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError, describe_dir, layout_error, short_list
+from .gen_splits import Pair, hold_out, subsample, train_and_val  # noqa: F401 (Pair, hold_out: public here too)
 from .reports import clean_text, parse_report, prompt_of
 
 MIMIC_LAYOUT = """\
@@ -56,15 +59,7 @@ CSV_LAYOUT = """\
 DATA.csv with a header row: path,text[,split]
   path   image file, relative to the CSV's folder (or absolute)
   text   the report / prompt
-  split  optional: train or test (default: a seeded random test split)"""
-
-@dataclass
-class Pair:
-    path: str
-    text: str
-    group: str = ""  # mimic_cxr: patient group (p10..p19)
-    study: str = ""
-
+  split  optional: train, val or test (default: a seeded random test split)"""
 
 @dataclass
 class GenData:
@@ -72,20 +67,10 @@ class GenData:
     train: list[Pair]
     test: list[Pair]
     notes: list[str] = field(default_factory=list)
+    val: list[Pair] = field(default_factory=list)  # validation pairs (never trained on): search and calibration
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "test": len(self.test)}
-
-
-def _subsample(pairs: list[Pair], fraction: float, n_train: int | None, seed: int) -> list[Pair]:
-    if n_train is None and fraction >= 1:
-        return list(pairs)
-    n = int(n_train) if n_train is not None else max(1, int(round(len(pairs) * fraction)))
-    if n > len(pairs):
-        raise DataError(f"n_train={n} but only {len(pairs)} training pairs are available")
-    rng = random.Random(seed)
-    idx = sorted(rng.sample(range(len(pairs)), n))
-    return [pairs[i] for i in idx]
+        return {"train": len(self.train), "test": len(self.test), **({"val": len(self.val)} if self.val else {})}
 
 
 def _token_filter(pairs: list[Pair], tokenizer, lo: int | None, hi: int | None, notes: list[str]) -> list[Pair]:
@@ -137,7 +122,7 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
                    max_tokens: int | None = 77, train_groups=tuple(f"p{i}" for i in range(10, 19)),
                    test_groups=("p19",), reports_dir: str | None = None, one_per_study: bool = False,
                    fraction: float = 1.0, n_train: int | None = None, seed: int = 0,
-                   split: str = "auto") -> GenData:
+                   split: str = "auto", val_frac: float | None = None) -> GenData:
     """MIMIC-CXR-JPG image/report pairs. ``split``: ``official`` (the dataset's
     ``mimic-cxr-2.0.0-split.csv.gz``: train + validate to train, test to test), ``p19`` (the paper's
     protocol: patients p10-p18 train, p19 test; ``train_groups``/``test_groups`` change it), or
@@ -180,7 +165,7 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
             part = official.get(row["dicom_id"].strip())
             if part is None:
                 continue
-            group = "test" if part == "test" else "train"  # validate joins train (no validation score)
+            group = {"test": "test", "validate": "validate"}.get(part, "train")
         elif group not in groups:
             continue
         study_key = f"{folder}/p{subject}/s{study}"
@@ -219,8 +204,10 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
         raise layout_error(f"no usable MIMIC-CXR image/report pairs in {data_dir} ({found}; "
                            f"{n_missing_img} frontal images missing)", MIMIC_LAYOUT, data_dir)
     pairs = _token_filter(pairs, tokenizer, min_tokens, max_tokens, notes)
-    if split_used == "official":
-        train = [p for p in pairs if p.group == "train"]
+    val: list[Pair] = []
+    if split_used == "official":  # the official validate split: the validation pairs, or training ones
+        val = [p for p in pairs if p.group == "validate"] if val_frac else []
+        train = [p for p in pairs if p.group == "train" or (p.group == "validate" and not val_frac)]
         test = [p for p in pairs if p.group == "test"]
     else:
         train = [p for p in pairs if p.group in {str(g) for g in train_groups}]
@@ -232,8 +219,13 @@ def load_mimic_cxr(data_dir: str | os.PathLike, tokenizer=None, *, views=("PA", 
                  f"(and train_groups=...), or split=official with the official split file")
         raise DataError(f"MIMIC-CXR split is empty: {len(train)} training and {len(test)} test pairs ({where}). "
                         f"{describe_dir(images_root)}")
-    train = _subsample(train, fraction, n_train, seed)
-    return GenData("mimic_cxr", train, test, notes)
+    if val:
+        train = subsample(train, fraction, n_train, seed)
+    else:  # p19 protocol: validation patients the training pairs do not include
+        train, val = train_and_val(train, fraction, n_train, val_frac, seed)
+    if val:
+        notes.append(f"validation: {len(val)} pairs of patients never trained on")
+    return GenData("mimic_cxr", train, test, notes, val)
 
 
 def _find_csv(data_dir: Path) -> Path:
@@ -253,7 +245,7 @@ def _find_csv(data_dir: Path) -> Path:
 
 def load_csv_pairs(data_dir: str | os.PathLike, tokenizer=None, *, min_tokens: int | None = None,
                    max_tokens: int | None = None, test_frac: float = 0.2, fraction: float = 1.0,
-                   n_train: int | None = None, seed: int = 0) -> GenData:
+                   n_train: int | None = None, seed: int = 0, val_frac: float | None = None) -> GenData:
     path = _find_csv(Path(data_dir).expanduser())
     rows = _read_csv_table(path)
     if not rows or not {"path", "text"} <= set(rows[0]):
@@ -272,8 +264,9 @@ def load_csv_pairs(data_dir: str | os.PathLike, tokenizer=None, *, min_tokens: i
             missing.append(str(row["path"]))
             continue
         split = (row.get("split") or "").strip().lower()
-        if split and split not in ("train", "test"):
-            raise DataError(f"{path.name} line {i}: split must be train or test, not {split!r}")
+        split = "val" if split in ("val", "validation", "validate") else split
+        if split and split not in ("train", "test", "val"):
+            raise DataError(f"{path.name} line {i}: split must be train, val or test, not {split!r}")
         pairs.append(Pair(str(img), text))
         splits.append(split)
     if missing:
@@ -285,9 +278,11 @@ def load_csv_pairs(data_dir: str | os.PathLike, tokenizer=None, *, min_tokens: i
     pairs = keep
     if len(pairs) < 2:
         raise DataError(f"{path} holds {len(pairs)} usable pair(s); at least 2 are needed (train and test)")
+    val: list[Pair] = []
     if any(splits):
-        train = [p for p, s in zip(pairs, splits) if s != "test"]
+        train = [p for p, s in zip(pairs, splits) if s not in ("test", "val")]
         test = [p for p, s in zip(pairs, splits) if s == "test"]
+        val = [p for p, s in zip(pairs, splits) if s == "val"]
     else:
         order = list(range(len(pairs)))
         random.Random(seed).shuffle(order)
@@ -297,14 +292,17 @@ def load_csv_pairs(data_dir: str | os.PathLike, tokenizer=None, *, min_tokens: i
         test = [p for i, p in enumerate(pairs) if i in test_idx]
     if not train or not test:
         raise DataError(f"{path}: {len(train)} training and {len(test)} test pairs; both must be non-empty")
-    return GenData("csv", _subsample(train, fraction, n_train, seed), test, notes)
+    if val:
+        return GenData("csv", subsample(train, fraction, n_train, seed), test, notes, val)
+    train, val = train_and_val(train, fraction, n_train, val_frac, seed)
+    return GenData("csv", train, test, notes, val)
 
 
 GEN_DATASETS = {"mimic_cxr": load_mimic_cxr, "csv": load_csv_pairs}
 
 
 def load_generation_data(name: str, data_dir: str | os.PathLike | None, tokenizer=None, **options) -> GenData:
-    """The train/test pairs of dataset ``name`` (``mimic_cxr`` or ``csv``)."""
+    """The train/test (and, with ``val_frac`` or a val split, validation) pairs of dataset ``name``."""
     if name not in GEN_DATASETS:
         raise DataError(f"unknown text-to-image dataset {name!r}; available: {', '.join(GEN_DATASETS)}")
     if data_dir is None:

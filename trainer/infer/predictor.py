@@ -4,24 +4,27 @@
     predictor = Predictor()
     pred = predictor.predict(adapters[0], load_image("x.dcm"))   # (probs, seen image, latency_ms)
     heat = predictor.explain(adapters[0], image, class_idx=pred.top_index)
+    rows = predictor.compare(adapters[:4], image)    # K adapters, one preprocessing pass, + memory used
 
-Each base backbone is created once (pristine, kept in a cache); every adapter gets a deep copy
-with its method applied and its tensors loaded, merged into plain weights where the method
-allows (checked to give the same outputs; otherwise the unmerged model is used). Preprocessing
-is the adapter's saved timm ``data_config``, applied exactly as the trainer evaluated its test set.
+Adapters are served by :mod:`.serving`: one frozen base per backbone (and init checkpoint, resolution,
+pooling), each method applied once to it, each adapter's tensors swapped in (no copy of the base per
+adapter). Requests on one base are serialised by that base's lock (switch + forward + Grad-CAM backward);
+different bases run in parallel. Merged copies (the adapter folded into plain weights, checked to give the
+same outputs) are made only under ``memory_mb`` (the app's ``MEDPEFT_SERVE_MEMORY_MB``; 0: never).
+Preprocessing is the adapter's saved timm ``data_config``, applied exactly as the trainer evaluated its
+test set; the calibration temperature and class names come from each adapter's own config.
 
 Every user-facing failure is an :class:`InferenceError` (or the data layer's ``DataError``) with
 a plain message.
 """
 from __future__ import annotations
 
-import copy
+import json
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,13 +33,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from adapters import BackboneError, MethodError, NotMergeable, family_of, merge_method
-from adapters.io import CONFIG_NAME, WEIGHTS_NAME, AdapterConfig, apply_method, load_adapter_weights, read_config, \
-    scale_logits
+from adapters import BackboneError, MethodError, family_of
+from adapters.io import CONFIG_NAME, AdapterConfig, read_config, scale_logits
 
 from ..data.images import to_rgb
 from ..data.transforms import build_transforms, pre_resize
 from ..preflight import hub_reachable
+from .serving import AdapterServer, ServedAdapter
+from .serving import stamp as weights_stamp
 from .store import AdapterInfo, InferenceError, class_names
 
 log = logging.getLogger(__name__)
@@ -56,14 +60,67 @@ class Prediction(NamedTuple):
 
 @dataclass
 class LoadedModel:
-    model: nn.Module
-    config: AdapterConfig
+    """An adapter ready to run: its config, preprocessing and its place on the shared base."""
+
+    served: ServedAdapter
     transform: Any
     family: str
-    merged: bool
-    note: str = ""
+    server: AdapterServer
     load_s: float = 0.0
-    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def config(self) -> AdapterConfig:
+        return self.served.config
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The base's lock: hold it while using :attr:`model`."""
+        return self.served.base.lock
+
+    @property
+    def merged(self) -> bool:
+        return self.server.is_merged(self.served.key)
+
+    @property
+    def note(self) -> str:
+        return self.server.merge_note(self.served.key)
+
+    @property
+    def model(self) -> nn.Module:
+        """The module that computes this adapter's raw logits now (its merged copy, or its structure with
+        its tensors switched in). Hold :attr:`lock` until done with it: another request may switch."""
+        return self.server.module(self.served)
+
+
+class CompareRow(NamedTuple):
+    adapter: AdapterInfo
+    prediction: Prediction | None
+    error: str | None
+    memory_bytes: int            # how much the process grew while this adapter was loaded and run
+
+
+class Comparison(list):
+    """:class:`CompareRow` per adapter, and the memory the whole compare used (``memory_bytes``)."""
+
+    def __init__(self, rows=(), memory_bytes: int = 0, preprocess_passes: int = 0):
+        super().__init__(rows)
+        self.memory_bytes = memory_bytes
+        self.preprocess_passes = preprocess_passes
+
+
+def process_memory(device: torch.device) -> int:
+    """Resident bytes of this process (Linux), plus CUDA memory allocated on ``device``."""
+    rss = 0
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    rss = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if device.type == "cuda":
+        rss += torch.cuda.memory_allocated(device)
+    return rss
 
 
 def unique_labels(names: list[str]) -> list[str]:
@@ -80,68 +137,65 @@ def unique_labels(names: list[str]) -> list[str]:
 
 
 class Predictor:
-    """Loads adapters on demand (bounded cache) and runs them; thread-safe (one lock per model).
+    """Loads adapters on demand onto shared bases and runs them; thread-safe (one lock per base).
 
     pretrained: create base backbones with pretrained weights (False: random, tests only).
-    max_models: ready models kept; the least recently used is dropped beyond it.
-    merge: fold mergeable adapters into the backbone's weights (checked to match the unmerged output).
+    memory_mb: memory for merged copies of mergeable adapters (0, the default: none; every adapter runs
+    unmerged on its shared base). merge=False: never merge, whatever the budget.
+    max_models: unused (adapters on a shared base cost their own tensors only); kept for old callers.
     """
 
     FAILURE_TTL_S = 120.0
 
-    def __init__(self, pretrained: bool = True, device: str | None = None, max_models: int = 6,
-                 merge: bool = True):
+    def __init__(self, pretrained: bool = True, device: str | None = None, max_models: int | None = None,
+                 merge: bool = True, memory_mb: float = 0):
         self.pretrained = pretrained
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.max_models = max_models
         self.merge = merge
+        self.memory_mb = memory_mb
         self._lock = threading.Lock()
-        self._build_locks: dict[Any, threading.Lock] = {}
-        self._bases: dict[tuple, nn.Module] = {}
-        self._models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._models: dict[str, LoadedModel] = {}
         self._failures: dict[tuple, tuple[float, str]] = {}
+        budget = int(memory_mb * 2 ** 20) if merge else 0
+        self.server = AdapterServer(self._create_base, self._base_key, device=self.device,
+                                    merged_budget_bytes=budget)
 
-    # -- loading
-    def _build_lock(self, key) -> threading.Lock:
-        with self._lock:
-            return self._build_locks.setdefault(key, threading.Lock())
-
-    def _base(self, cfg: AdapterConfig) -> nn.Module:
-        """The pristine base backbone (created once; never modified)."""
+    # -- bases
+    def _base_key(self, cfg: AdapterConfig) -> tuple:
         pretrained = self.pretrained and cfg.pretrained  # an adapter trained from random weights needs no Hub
-        key = (cfg.backbone, cfg.img_size, pretrained, cfg.init_checkpoint, cfg.global_pool, cfg.fc_norm)
-        with self._build_lock(("base",) + key):
-            if key in self._bases:
-                return self._bases[key]
-            failed = self._failures.get(key)
-            if failed and time.monotonic() - failed[0] < self.FAILURE_TTL_S:
-                raise InferenceError(failed[1])
-            from adapters import create_backbone
+        # Random (seeded) weights depend on the class count timm builds the head with (it draws first), so
+        # adapters trained on random weights share a base only with adapters of the same class count.
+        classes = None if pretrained and not cfg.init_checkpoint else cfg.num_classes
+        return (cfg.backbone, cfg.img_size, pretrained, cfg.init_checkpoint, cfg.global_pool, cfg.fc_norm, classes)
 
-            problem = self._offline_problem(cfg.backbone) if pretrained and not cfg.init_checkpoint else None
-            if problem:
-                self._failures[key] = (time.monotonic(), problem)
-                raise InferenceError(problem)
-            t0 = time.monotonic()
-            try:
-                # Seeded: weights that are not loaded (random test backbones, a fresh head) are the
-                # same in every process, so an answer does not depend on when the app started.
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    base = create_backbone(cfg.backbone, cfg.num_classes, pretrained=pretrained,
-                                           img_size=cfg.img_size, init_checkpoint=cfg.init_checkpoint,
-                                           global_pool=cfg.global_pool, fc_norm=cfg.fc_norm)
-            except (BackboneError, OSError, RuntimeError, ValueError) as e:
-                detail = str(e).split(". Offline, use")[0]  # the trainer's CLI advice does not apply here
-                msg = f"this adapter's backbone {cfg.backbone!r} cannot be loaded: {detail}"
-                self._failures[key] = (time.monotonic(), msg)
-                raise InferenceError(msg) from e
-            base.eval()
-            for p in base.parameters():
-                p.requires_grad_(False)
-            log.info("created base %s in %.1fs", cfg.backbone, time.monotonic() - t0)
-            self._bases[key] = base
-            return base
+    def _create_base(self, cfg: AdapterConfig) -> nn.Module:
+        """The frozen base backbone for ``cfg`` (called once per base key by the server)."""
+        key = self._base_key(cfg)
+        pretrained = key[2]
+        failed = self._failures.get(key)
+        if failed and time.monotonic() - failed[0] < self.FAILURE_TTL_S:
+            raise InferenceError(failed[1])
+        from adapters import create_backbone
+
+        problem = self._offline_problem(cfg.backbone) if pretrained and not cfg.init_checkpoint else None
+        if problem:
+            self._failures[key] = (time.monotonic(), problem)
+            raise InferenceError(problem)
+        t0 = time.monotonic()
+        try:
+            # Seeded: weights that are not loaded (a fresh head) are the same in every process.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                base = create_backbone(cfg.backbone, cfg.num_classes, pretrained=pretrained,
+                                       img_size=cfg.img_size, init_checkpoint=cfg.init_checkpoint,
+                                       global_pool=cfg.global_pool, fc_norm=cfg.fc_norm)
+        except (BackboneError, OSError, RuntimeError, ValueError) as e:
+            detail = str(e).split(". Offline, use")[0]  # the trainer's CLI advice does not apply here
+            msg = f"this adapter's backbone {cfg.backbone!r} cannot be loaded: {detail}"
+            self._failures[key] = (time.monotonic(), msg)
+            raise InferenceError(msg) from e
+        log.info("created base %s in %.1fs", cfg.backbone, time.monotonic() - t0)
+        return base
 
     def _offline_problem(self, backbone: str) -> str | None:
         """A plain message when ``backbone`` needs Hub weights that are neither cached nor reachable
@@ -170,75 +224,45 @@ class Predictor:
                 f"({hub_id}): the Hub is not reachable from this machine and the weights are not in the local "
                 "cache. Connect to the internet once (or pre-download them), then try again.")
 
-    def _fresh(self, cfg: AdapterConfig, folder: Path) -> nn.Module:
-        base = self._base(cfg)
-        model = copy.deepcopy(base)
-        if getattr(model, "num_classes", cfg.num_classes) != cfg.num_classes:
-            model.reset_classifier(cfg.num_classes)
+    # -- loading
+    def load(self, adapter: AdapterInfo | str | os.PathLike) -> LoadedModel:
+        folder = adapter.folder if isinstance(adapter, AdapterInfo) else Path(adapter)
+        key = str(folder.resolve())
+        lm = self._models.get(key)
+        if lm is not None and self.server.adapters.get(key) is lm.served and lm.served.stamp == weights_stamp(folder):
+            return lm
         try:
-            model = apply_method(model, cfg.method, **cfg.hparams)
-            load_adapter_weights(model, folder / WEIGHTS_NAME)
+            cfg = adapter.config if isinstance(adapter, AdapterInfo) else read_config(folder)
         except MethodError as e:
-            raise InferenceError(f"the adapter in {folder.name} does not fit its backbone: {e}") from e
-        return model.to(self.device).eval()
-
-    def _prepare(self, cfg: AdapterConfig, folder: Path) -> LoadedModel:
-        t0 = time.monotonic()
+            raise InferenceError(str(e)) from e
         if cfg.task == "generation":
             raise InferenceError(f"{folder.name} is a text-to-image (generation) adapter: use the Generate tab")
         dcfg = cfg.data_config
         if not dcfg or "input_size" not in dcfg:
             raise InferenceError(f"{folder.name}/{CONFIG_NAME} has no data_config (preprocessing): "
                                  "re-save the adapter with the trainer")
-        transform = build_transforms(dcfg, train=False)
-        model = self._fresh(cfg, folder)
-        family = family_of(model)
-        merged, note = False, ""
-        if self.merge:
+        t0 = time.monotonic()
+        served = self.server.load(folder, cfg, key=key)
+        lm = LoadedModel(served=served, transform=build_transforms(dcfg, train=False),
+                         family=family_of(served.structure.model), server=self.server)
+        if self.merge and self.memory_mb > 0:
             probe = torch.randn(1, *[int(v) for v in dcfg["input_size"]], generator=torch.Generator().manual_seed(0))
-            probe = probe.to(self.device)
-            with torch.no_grad():
-                ref = model(probe)
-            try:
-                candidate = merge_method(model)
-                with torch.no_grad():
-                    out = candidate(probe)
-                tol = 1e-3 * (1.0 + float(ref.abs().max()))
-                if out.shape == ref.shape and float((out - ref).abs().max()) <= tol:
-                    model, merged = candidate.eval(), True
-                else:
-                    note = "merged weights did not reproduce the adapter's outputs: running unmerged"
-                    model = self._fresh(cfg, folder)
-            except NotMergeable:
-                note = f"{cfg.method} cannot be merged: running with the adapter modules"
-                model = self._fresh(cfg, folder)
-            except MethodError as e:
-                note = f"not merged ({e})"
-                model = self._fresh(cfg, folder)
-        return LoadedModel(model=model, config=cfg, transform=transform, family=family, merged=merged, note=note,
-                           load_s=time.monotonic() - t0)
+            self.server.merge(served, probe.to(self.device))
+        lm.load_s = time.monotonic() - t0
+        with self._lock:
+            self._models[key] = lm
+        return lm
 
-    def load(self, adapter: AdapterInfo | str | os.PathLike) -> LoadedModel:
+    def unload(self, adapter: AdapterInfo | str | os.PathLike) -> None:
         folder = adapter.folder if isinstance(adapter, AdapterInfo) else Path(adapter)
         key = str(folder.resolve())
         with self._lock:
-            if key in self._models:
-                self._models.move_to_end(key)
-                return self._models[key]
-        with self._build_lock(("model", key)):
-            with self._lock:
-                if key in self._models:
-                    return self._models[key]
-            try:
-                cfg = adapter.config if isinstance(adapter, AdapterInfo) else read_config(folder)
-            except MethodError as e:
-                raise InferenceError(str(e)) from e
-            loaded = self._prepare(cfg, folder)
-            with self._lock:
-                self._models[key] = loaded
-                while len(self._models) > self.max_models:
-                    self._models.popitem(last=False)
-            return loaded
+            self._models.pop(key, None)
+        self.server.unload(key)
+
+    def memory(self) -> dict[str, int]:
+        """Bytes held by the server: bases, structures, adapters' own tensors, merged copies."""
+        return self.server.memory()
 
     # -- running
     def _tensor(self, lm: LoadedModel, image: Image.Image) -> tuple[torch.Tensor, Image.Image]:
@@ -252,10 +276,7 @@ class Predictor:
         seen = (x * std + mean).clamp(0, 1)[0].permute(1, 2, 0).numpy()
         return x.to(self.device), Image.fromarray(np.uint8(np.round(seen * 255)))
 
-    def predict(self, adapter: AdapterInfo | str | os.PathLike, image: Image.Image) -> Prediction:
-        lm = self.load(adapter)
-        t0 = time.perf_counter()
-        x, seen = self._tensor(lm, image)
+    def _run(self, lm: LoadedModel, x: torch.Tensor, seen: Image.Image, t0: float) -> Prediction:
         with lm.lock, torch.inference_mode():
             logits = lm.model(x)
         logits = scale_logits(logits.float().cpu()[0], lm.config.temperature)  # calibrated where fitted
@@ -265,6 +286,36 @@ class Predictor:
         return Prediction({n: float(p) for n, p in zip(names, probs.tolist())}, seen, latency,
                           calibrated=lm.config.temperature is not None)
 
+    def predict(self, adapter: AdapterInfo | str | os.PathLike, image: Image.Image) -> Prediction:
+        lm = self.load(adapter)
+        t0 = time.perf_counter()
+        x, seen = self._tensor(lm, image)
+        return self._run(lm, x, seen, t0)
+
+    def compare(self, adapters: list[AdapterInfo | str | os.PathLike], image: Image.Image) -> Comparison:
+        """Each adapter on ``image``; the image is preprocessed once per distinct preprocessing (once for
+        adapters of one backbone). A failing adapter gives its error in its row; the others still run.
+        Latency: the adapter's share of preprocessing + its forward pass."""
+        before = process_memory(self.device)
+        tensors: dict[str, tuple[torch.Tensor, Image.Image, float]] = {}
+        rows = []
+        for adapter in adapters:
+            info = adapter if isinstance(adapter, AdapterInfo) else None
+            start = process_memory(self.device)
+            try:
+                lm = self.load(adapter)
+                pkey = json.dumps(lm.config.data_config, sort_keys=True, default=str)
+                if pkey not in tensors:
+                    t0 = time.perf_counter()
+                    x, seen = self._tensor(lm, image)
+                    tensors[pkey] = (x, seen, time.perf_counter() - t0)
+                x, seen, pre_s = tensors[pkey]
+                pred = self._run(lm, x, seen, time.perf_counter() - pre_s)
+                rows.append(CompareRow(info or adapter, pred, None, process_memory(self.device) - start))
+            except (InferenceError, ValueError, RuntimeError) as e:  # one failing adapter must not hide the others
+                rows.append(CompareRow(info or adapter, None, str(e), process_memory(self.device) - start))
+        return Comparison(rows, process_memory(self.device) - before, len(tensors))
+
     def explain(self, adapter: AdapterInfo | str | os.PathLike, image: Image.Image,
                 class_idx: int | None = None) -> Image.Image:
         """Grad-CAM overlay (on the preprocessed image) for ``class_idx`` (default: the top class)."""
@@ -273,15 +324,16 @@ class Predictor:
         lm = self.load(adapter)
         x, seen = self._tensor(lm, image)
         with lm.lock:
+            model = lm.model
             if class_idx is None:
                 with torch.inference_mode():
-                    class_idx = int(lm.model(x)[0].argmax())
+                    class_idx = int(model(x)[0].argmax())
             if not 0 <= class_idx < lm.config.num_classes:
                 raise InferenceError(f"class index {class_idx} out of range (0..{lm.config.num_classes - 1})")
             try:
-                cam = grad_cam(lm.model, x, class_idx)
+                cam = grad_cam(model, x, class_idx)
             except (GradCamError, AttributeError, MethodError) as e:
                 raise InferenceError(f"Grad-CAM is not available for this model: {e}") from e
             finally:
-                lm.model.zero_grad(set_to_none=True)
+                model.zero_grad(set_to_none=True)
         return overlay(seen, cam)

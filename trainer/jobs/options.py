@@ -24,6 +24,23 @@ TRAIN_BACKBONES = [("EfficientNet-Lite0 · ImageNet · offline weights", OFFLINE
                    ("ResNet-50 (Hub weights)", DEFAULT_CNN)]
 
 
+def backbone_choices(reachable: bool | None = None) -> list[tuple[str, str]]:
+    """The Train tab's backbones: :data:`TRAIN_BACKBONES`, plus the foundation presets with a Hub repo
+    where the Hub is reachable (gated ones need HF_TOKEN and their licence accepted)."""
+    from adapters.foundation import PRESETS
+
+    from ..preflight import hub_reachable
+
+    if not (hub_reachable() if reachable is None else reachable):
+        return list(TRAIN_BACKBONES)
+    presets = [(f"{p.name} · {p.modality} · {p.license}" + (" · gated: needs HF_TOKEN" if p.gated else ""), p.name)
+               for p in PRESETS.values() if p.hub_id and p.source != "timm" or p.name in _VIT_TIMM_PRESETS]
+    return list(TRAIN_BACKBONES) + presets
+
+
+_VIT_TIMM_PRESETS = ("uni", "uni2-h", "virchow2", "h-optimus-0", "prov-gigapath")  # timm VisionTransformers
+
+
 def recommended_method(family: str) -> str:
     """Dutt et al. 2024: SSF for CNNs, LoRA for ViTs."""
     return "lora" if family == "vit" else "ssf"
@@ -78,11 +95,14 @@ def form_config(*, backbone: str | None, method: str | None, epochs: Any, batch_
     if method not in method_names(family):
         raise ConfigError(f"{method!r} is not a PEFT method for {family.upper()} backbones like {backbone}; "
                           f"choose one of {', '.join(method_names(family))}")
-    if "/" not in backbone and ":" not in backbone:
+    from adapters.foundation import find_preset
+
+    if "/" not in backbone and ":" not in backbone and find_preset(backbone) is None:
         import timm
 
         if not timm.is_model(backbone):
-            raise ConfigError(f"unknown backbone {backbone!r}: use a timm model name (timm.list_models())")
+            raise ConfigError(f"unknown backbone {backbone!r}: use a foundation preset (python -m adapters backbones) "
+                              f"or a timm model name (timm.list_models())")
     return TrainConfig(method=method, backbone=backbone, pretrained=True, img_size=img_size, epochs=epochs,
                        batch_size=batch_size, lr=lr, seeds=[0],
                        num_workers=min(4, os.cpu_count() or 1) if has_gpu else 0,

@@ -58,7 +58,9 @@ class QuickHPOJob(TrainingJob):
 
             optuna.logging.set_verbosity(optuna.logging.WARNING)
             study = hpo.make_study(f"quick-{self.cfg.method}", None, seed=0)
-            study.optimize(hpo.objective_for(base, self.scratch, train), n_trials=self.trials, catch=(),
+            # search_trial=False: a stopped quick HPO keeps its best trial as the run, so trials are tested
+            study.optimize(hpo.objective_for(base, self.scratch, train, search_trial=False), n_trials=self.trials,
+                           catch=(),
                            callbacks=[lambda st, _t: st.stop() if self.stopped else None])
             if not done:
                 raise DataError("quick HPO: no trial completed (all were pruned or stopped)")

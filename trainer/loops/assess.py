@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .bootstrap import headline_interval
 from .calibration import calibration_report, reliability_diagram
-from .fairness import subgroup_metrics
+from .fairness import subgroup_metrics, worst_group_text
 from .metrics import classification_metrics, headline
 
 RELIABILITY_NAME = "reliability.png"
@@ -69,25 +69,29 @@ def worst_group_score(logits, targets, index, rows, min_size: int) -> float | No
     return report["worst_group_score"]
 
 
-def assess_seed(val: tuple, test: tuple, index, splits: dict, out_dir: str | Path | None, *,
+def assess_seed(val: tuple, test: tuple | None, index, splits: dict, out_dir: str | Path | None, *,
                 min_group_size: int = 30, n_resamples: int = 1000, seed: int = 0) -> dict:
     """Calibration, subgroup metrics and the test interval of one seed. ``val``/``test``: (logits,
-    targets) over the whole split in the order of ``splits["val"]``/``splits["test"]``; ``out_dir``:
-    where the reliability diagram goes (None: not drawn, e.g. on a non-main process)."""
+    targets) over the whole split in the order of ``splits["val"]``/``splits["test"]``; ``test`` None
+    (an HPO trial) assesses validation only: no test-side calibration, subgroups, interval or diagram.
+    ``out_dir``: where the reliability diagram goes (None: not drawn, e.g. on a non-main process)."""
     multilabel = index.multilabel
-    calibration = calibration_report(val[0], val[1], {"val": val, "test": test}, multilabel)
+    scored = {"val": val} if test is None else {"val": val, "test": test}
+    calibration = calibration_report(val[0], val[1], scored, multilabel)
     subgroups = {}
     if index.subgroups:
-        for name, (logits, targets) in (("val", val), ("test", test)):
+        for name, (logits, targets) in scored.items():
             subgroups[name] = subgroup_metrics(logits, targets, split_subgroups(index, splits[name]),
                                                index.class_names, multilabel, min_group_size)
     interval = None
-    if n_resamples > 0 and len(test[1]):
+    if test is not None and n_resamples > 0 and len(test[1]):
         groups = None if index.groups is None else np.asarray(index.groups)[np.asarray(splits["test"], dtype=int)]
         interval = headline_interval(test[0], test[1], multilabel, groups=groups, n_resamples=n_resamples,
                                      seed=seed)
     out = {"calibration": calibration, "subgroups": subgroups, "test_interval": interval, "reliability": None}
-    if out_dir is not None and len(test[1]):
+    if test is None:
+        del out["test_interval"]
+    if out_dir is not None and test is not None and len(test[1]):
         path = reliability_diagram(test[0], test[1], Path(out_dir) / RELIABILITY_NAME, multilabel,
                                    calibration["temperature"], title=f"Reliability, test split (seed {seed})")
         out["reliability"] = path.name
@@ -104,7 +108,7 @@ def _stats(values) -> dict | None:
 
 def _calibration_summary(reports: list[dict]) -> dict:
     out = {"temperature": [r["temperature"] for r in reports], "n_bins": reports[0]["n_bins"], "fitted_on": "val"}
-    for split in ("val", "test"):
+    for split in [s for s in ("val", "test") if all(s in r for r in reports)]:
         out[split] = {when: {k: _stats(r[split][when][k] for r in reports) for k in reports[0][split][when]}
                       for when in ("before", "after")}
     return out
@@ -124,6 +128,7 @@ def _fairness_summary(reports: list[dict]) -> dict:
                              "accuracy": _stats(x.get("accuracy") for x in gs)}
         out["attributes"][attr] = {
             "groups": groups, "too_small": a["too_small"],
+            "scored_groups": min(p.get("scored_groups", len(p["groups"])) for p in per),
             "worst_group": max(set(worst), key=worst.count) if worst else None,  # the most frequent over seeds
             **{k: _stats(p[k] for p in per) for k in ("worst_score", "best_score", "gap",
                                                       "equalized_odds_difference", "demographic_parity_difference")}}
@@ -138,7 +143,8 @@ def aggregate_assessments(per_seed: list[dict], best_seed: int) -> dict:
         return {}
     out = {"calibration": _calibration_summary([a["calibration"] for a in assessed])}
     if all(a["subgroups"] for a in assessed):
-        out["fairness"] = {s: _fairness_summary([a["subgroups"][s] for a in assessed]) for s in ("val", "test")}
+        out["fairness"] = {s: _fairness_summary([a["subgroups"][s] for a in assessed]) for s in ("val", "test")
+                           if all(s in a["subgroups"] for a in assessed)}
     best = next((r["assessment"] for r in per_seed if r["seed"] == best_seed and r.get("assessment")), assessed[0])
     if best.get("test_interval"):
         out["test_interval"] = {**best["test_interval"], "seed": best_seed}
@@ -154,12 +160,19 @@ def selection_score(seed_result: dict, select_on: str = "headline") -> float:
     return headline(seed_result["val"])
 
 
+def adapter_metrics(val: dict, test: dict | None) -> dict:
+    """The adapter config's metrics: ``test_*`` scalars, or ``val_*`` for an HPO trial (never tested)."""
+    split, scores = ("val", val) if test is None else ("test", test)
+    return {f"{split}_{k}": v for k, v in scores.items() if isinstance(v, float)}
+
+
 def card_calibration(assessment: dict) -> dict:
     """What an adapter config keeps of a seed's assessment: test ECE / Brier / NLL before and after its
     temperature, the test interval and each attribute's worst group (the model card shows them)."""
     cal = assessment["calibration"]
-    out = {"fitted_on": "val", "n_bins": cal["n_bins"], "test": cal["test"], "val": cal["val"],
-           "test_interval": assessment.get("test_interval")}
+    out = {"fitted_on": "val", "n_bins": cal["n_bins"], "val": cal["val"]}
+    if "test" in cal:  # an HPO trial's adapter carries no test-side numbers
+        out.update(test=cal["test"], test_interval=assessment.get("test_interval"))
     test_groups = (assessment.get("subgroups") or {}).get("test")
     if test_groups:
         out["subgroups"] = {attr: {"groups": {v: {"n": g["n"], "score": g["score"]} for v, g in a["groups"].items()},
@@ -183,8 +196,7 @@ def assessment_lines(results: dict) -> list[str]:
     fairness = (results.get("fairness") or {}).get("test")
     if fairness:
         for attr, a in fairness["attributes"].items():
-            lines.append(f"  worst {attr:12s} {a['worst_group'] or 'n/a'}: {_pct(a['worst_score'])}, "
-                         f"gap {_pct(a['gap'])}")
+            lines.append(f"  subgroups {attr:9s} {worst_group_text(a, _pct)}")
     cal = (results.get("calibration") or {}).get("test")
     if cal and cal["before"].get("ece"):
         lines.append(f"  test ECE           {_pct(cal['before']['ece'])} raw -> {_pct(cal['after']['ece'])} "

@@ -18,19 +18,37 @@ from adapters.io import adapter_state_dict, load_adapter_weights, save_tensors
 
 
 def save_checkpoint(path: Path, model, trainer_state: dict, state: dict) -> None:
+    """Write the checkpoint folder as ``<name>.tmp`` and swap it in; a failed write (a full disk) removes
+    the half-written folder and leaves the previous checkpoint as it was."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tensors(adapter_state_dict(model), str(tmp / "adapter.safetensors"))
-    torch.save(trainer_state, tmp / "trainer_state.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
+    try:
+        tmp.mkdir(parents=True)
+        save_tensors(adapter_state_dict(model), str(tmp / "adapter.safetensors"))
+        torch.save(trainer_state, tmp / "trainer_state.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     old = path.with_name(path.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def save_best(model, path: Path) -> None:
+    """The best-validation epoch's trainable tensors, atomically (a temporary file renamed; removed if the
+    write fails)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        save_tensors(adapter_state_dict(model), str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, model) -> tuple[dict, dict]:

@@ -4,17 +4,17 @@ Protocol (Dutt et al. 2024): train on the train split, select the epoch with the
 macro-F1 (AUROC for multi-label) with early stopping, test that checkpoint once. The test split is
 never used for selection. Several seeds give mean +- std.
 
-The output folder (config.yaml, seed_<k>/{splits.json, history.json, checkpoint/, adapter/},
-results.json written last) is laid out by :class:`trainer.run_dir.RunDir`; the optimizer, schedule
-and step are :mod:`trainer.loops.optim`'s.
+The output folder (config.yaml, seed_<k>/{splits.json, history.json, predictions.csv, checkpoint/,
+adapter/}, results.json written last) is laid out by :class:`trainer.run_dir.RunDir`; the resume
+checkpoints go once the run is finished (unless --keep-checkpoints). An HPO trial (``search_trial``)
+is scored on validation only: the test split is never predicted. The optimizer, schedule and step
+are :mod:`trainer.loops.optim`'s.
 """
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -22,18 +22,19 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adapters import apply_method, count_params, create_backbone, data_config
-from adapters.io import AdapterConfig, adapter_state_dict, save_adapter
+from adapters.io import AdapterConfig, save_adapter
 from adapters.methods.lora_init import init_batches
 
-from .checkpoint import epoch_seed, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import epoch_seed, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
 from ..config import ConfigError, TrainConfig
 from ..data.transforms import cache_size_for
 from ..run_dir import RunDir, RunExistsError, RunResults
 from .optim import build_optimizer, build_scheduler, make_accelerator, resolve_total_steps, train_step
 from .precision import config_runtime, loader_options, model_runtime, prepare_model
-from .assess import aggregate_assessments, assess_seed, card_calibration, evaluate, predict, \
+from .assess import adapter_metrics, aggregate_assessments, assess_seed, card_calibration, evaluate, predict, \
     selection_score, worst_group_score, assessment_lines
 from .metrics import aggregate, classification_metrics, headline, loss_for, undefined_notes
+from .predictions import write_predictions
 
 ReportFn = Callable[[int, float], None]  # (epoch, validation headline) -> may raise optuna.TrialPruned
 ProgressFn = Callable[[dict], None]  # live events for a UI: {"kind": "epoch" | "step", ...}
@@ -79,13 +80,15 @@ def model_data_config(model: nn.Module, cfg: TrainConfig) -> dict:
 
 
 def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn | None = None,
-        stop: threading.Event | None = None) -> dict:
+        stop: threading.Event | None = None, search_trial: bool = False) -> dict:
     """Train every seed, write results.json, save (and push) the adapter. Returns the results dict.
 
     ``report(epoch, val)`` feeds HPO pruning; ``progress(event)`` receives live step/epoch events;
     setting ``stop`` ends training after the current step: the best validation checkpoint so far is
-    tested and saved as usual (and the results say ``stopped_early_by_user``)."""
+    tested and saved as usual (and the results say ``stopped_early_by_user``). ``search_trial``: an
+    HPO trial, evaluated on validation only (no test predictions, metrics or assessment)."""
     from ..data import build_image_cache
+    from ..data.cache import image_cache_dir
 
     cfg.validate()
     RunDir.check_can_start(cfg)
@@ -97,9 +100,10 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
     index = load_data(cfg)
     backbone = cfg.resolved_backbone()
     with torch.device("meta"):  # only the preprocessing config is needed: no weights allocated
-        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size)
+        probe = create_backbone(backbone, len(index.class_names), pretrained=False, img_size=cfg.img_size,
+                                init_checkpoint=cfg.init_checkpoint)  # a preset's repo copy: its config only
     dcfg = model_data_config(probe, cfg)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(cfg.output_dir).parent / ".cache"
+    cache_dir = image_cache_dir(cfg.cache_dir)  # MEDPEFT_CACHE_DIR, never beside the run folder
     with accelerator.main_process_first():
         cache = build_image_cache(index, cache_dir, cache_size_for(dcfg), workers=max(1, rt.num_workers),
                                   skip_bad=cfg.skip_bad_images, progress=accelerator.is_main_process)
@@ -113,25 +117,34 @@ def run(cfg: TrainConfig, report: ReportFn | None = None, progress: ProgressFn |
         accelerator.print(list_report.summary())
     else:
         check_splits(cfg, index)
-    run_dir = RunDir.prepare(cfg)
-    if accelerator.is_main_process:
-        run_dir.save_config(cfg)
-    per_seed = []
-    for seed in cfg.seeds:
-        if stop is not None and stop.is_set() and per_seed:
-            break
-        per_seed.append(train_seed(cfg, index, cache, dcfg, seed, run_dir, accelerator, report,
-                                   progress, stop, listed=listed))
-    results = summarise(cfg, index, per_seed, run_dir, time.time() - t0)
-    results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
-    results["num_processes"] = accelerator.num_processes  # torchrun / accelerate launch ranks that trained
-    results["runtime"] = rt.record()  # the precision, memory format, compile and checkpointing used
-    if accelerator.is_main_process:
-        run_dir.write_results(results)
-        print(format_summary(results))
-        if cfg.push_to_hub:
-            print(f"pushed to {run_dir.push(results, cfg.push_to_hub, private=cfg.hub_private)}")
-    accelerator.wait_for_everyone()
+    run_dir = RunDir.prepare(cfg)  # and marks the folder in use by this process until the run ends
+    try:
+        if accelerator.is_main_process:
+            run_dir.save_config(cfg)
+        per_seed = []
+        for seed in cfg.seeds:
+            if stop is not None and stop.is_set() and per_seed:
+                break
+            per_seed.append(train_seed(cfg, index, cache, dcfg, seed, run_dir, accelerator, report,
+                                       progress, stop, listed=listed, search_trial=search_trial))
+        results = summarise(cfg, index, per_seed, run_dir, time.time() - t0, search_trial)
+        results["stopped_early_by_user"] = bool(stop is not None and stop.is_set())
+        results["num_processes"] = accelerator.num_processes  # torchrun / accelerate launch ranks that trained
+        results["runtime"] = rt.record()  # the precision, memory format, compile and checkpointing used
+        if accelerator.is_main_process:
+            run_dir.write_results(results)
+            if not cfg.keep_checkpoints:  # each tensor once: the adapter stays, the resume state goes
+                run_dir.drop_checkpoints()
+            print(format_summary(results))
+            if cfg.push_to_hub:
+                from ..hub import push_adapter
+
+                url = push_adapter(run_dir.root / results["adapter_dir"], cfg.push_to_hub, private=cfg.hub_private,
+                                   results=results)
+                print(f"pushed to {url}")
+        accelerator.wait_for_everyone()
+    finally:
+        run_dir.release()
     return results
 
 
@@ -172,8 +185,9 @@ def build_loaders(cfg, index, cache, dcfg, splits, seed):
 
 def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: RunDir, accelerator,
                report: ReportFn | None = None, progress: ProgressFn | None = None,
-               stop: threading.Event | None = None, listed: dict | None = None) -> dict:
-    """One training seed; ``listed``: fixed splits (split lists) instead of drawn ones."""
+               stop: threading.Event | None = None, listed: dict | None = None, search_trial: bool = False) -> dict:
+    """One training seed; ``listed``: fixed splits (split lists) instead of drawn ones; ``search_trial``:
+    validation only (the test split is neither predicted nor written)."""
     from accelerate.utils import set_seed
 
     from ..data import load_splits, make_splits, save_splits
@@ -194,7 +208,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
         splits = make_splits(index, seed=cfg.split_seed_for(seed), val_frac=cfg.val_frac, test_frac=cfg.test_frac,
                              fraction=cfg.fraction)
         if accelerator.is_main_process:
-            save_splits(splits, index, split_path, meta={"split_seed": cfg.split_seed_for(seed), "train_seed": seed})
+            shown = {k: v for k, v in splits.items() if k != "test"} if search_trial else splits
+            save_splits(shown, index, split_path, meta={"split_seed": cfg.split_seed_for(seed), "train_seed": seed})
     set_seed(seed)
     backbone = cfg.resolved_backbone()
     model = create_backbone(backbone, len(index.class_names), pretrained=cfg.pretrained, img_size=cfg.img_size,
@@ -289,11 +304,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
         if improved:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
             if main:
-                from adapters.io import save_tensors
-
-                tmp = best_path.with_name(".best.tmp")
-                save_tensors(adapter_state_dict(plain), str(tmp))
-                os.replace(tmp, best_path)
+                save_best(plain, best_path)
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
@@ -318,13 +329,17 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
 
     accelerator.wait_for_everyone()
     load_adapter_weights(plain, best_path)
-    test_out = predict(model, test_dl, accelerator, f"seed {seed} test")
+    test_out = None if search_trial else predict(model, test_dl, accelerator, f"seed {seed} test")
     val_out = predict(model, val_dl, accelerator, f"seed {seed} val (best)")
-    test = classification_metrics(*test_out, index.class_names, index.multilabel)
+    test = None if search_trial else classification_metrics(*test_out, index.class_names, index.multilabel)
     val_best = classification_metrics(*val_out, index.class_names, index.multilabel)
     # calibration (temperature fitted on val) and subgroups; the test interval and diagram on the main process
     assessment = assess_seed(val_out, test_out, index, splits, out if main else None, seed=seed,
                              min_group_size=cfg.min_group_size, n_resamples=cfg.bootstrap_resamples if main else 0)
+    if main:
+        outputs = {"val": val_out} if search_trial else {"val": val_out, "test": test_out}
+        write_predictions(run_dir.predictions_path(seed), outputs, index, splits,
+                          assessment["calibration"]["temperature"])
     peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
     if main:
         acfg = AdapterConfig(
@@ -334,7 +349,7 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
             init_checkpoint=cfg.init_checkpoint, init_report=init_report.to_dict() if init_report else None,
             global_pool=pooling[0] if cfg.init_checkpoint or cfg.global_pool else None,
             fc_norm=pooling[1] if pooling[0] is not None and (cfg.init_checkpoint or cfg.fc_norm is not None) else None,
-            dataset=cfg.dataset, metrics={f"test_{k}": v for k, v in test.items() if isinstance(v, float)},
+            dataset=cfg.dataset, metrics=adapter_metrics(val_best, test),
             temperature=assessment["calibration"]["temperature"], calibration=card_calibration(assessment),
             training={"seed": seed, "best_epoch": state["best_epoch"], "epochs": cfg.epochs, "lr": cfg.lr,
                       "optimizer": cfg.optimizer, **({"loraplus_lr_ratio": cfg.loraplus_lr_ratio}
@@ -350,27 +365,33 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
             "init_report": init_report.to_dict() if init_report else None, "assessment": assessment}
 
 
-def summarise(cfg: TrainConfig, index, per_seed: list[dict], run_dir: RunDir, wall: float) -> dict:
+def summarise(cfg: TrainConfig, index, per_seed: list[dict], run_dir: RunDir, wall: float,
+              search_trial: bool = False) -> dict:
     """The run's results.json contents (:meth:`trainer.run_dir.RunResults.create`): the adapter of the
-    seed with the best validation headline is the run's adapter."""
+    seed with the best validation headline is the run's adapter. A search trial's holds no test numbers."""
     best = max(per_seed, key=lambda r: selection_score(r, cfg.select_on))
-    return RunResults.create(
+    metrics = {"val": aggregate([r["val"] for r in per_seed])}
+    if not search_trial:
+        metrics = {"test": aggregate([r["test"] for r in per_seed]), **metrics}
+    results = RunResults.create(
         cfg, task="multilabel" if index.multilabel else "classification", backbone=cfg.resolved_backbone(),
-        per_seed=per_seed, adapter_dir=run_dir.adapter_rel(best["seed"]),
-        metrics={"test": aggregate([r["test"] for r in per_seed]), "val": aggregate([r["val"] for r in per_seed])},
+        per_seed=per_seed, adapter_dir=run_dir.adapter_rel(best["seed"]), metrics=metrics,
         wall_time_s=wall, data_notes=list(getattr(index, "notes", [])) + [
-            n for r in per_seed for n in undefined_notes(r["test"], f"test split (seed {r['seed']})")],
-        class_names=list(index.class_names), headline=per_seed[0]["test"]["headline"], selected_on=cfg.select_on,
+            n for r in per_seed if r["test"] is not None
+            for n in undefined_notes(r["test"], f"test split (seed {r['seed']})")],
+        class_names=list(index.class_names), headline=per_seed[0]["val"]["headline"], selected_on=cfg.select_on,
         **aggregate_assessments(per_seed, best["seed"])).data
+    return RunResults.search_trial(results) if search_trial else results
 
 
 def format_summary(results: dict) -> str:
-    t = results["metrics"]["test"]
+    split = "test" if "test" in results["metrics"] else "val"  # an HPO trial has validation scores only
+    t = results["metrics"][split]
     key = results["headline"]
     lines = [f"{results['method']} on {results['dataset']} ({results['backbone']}), seeds {results['seeds']}:"]
     for k in dict.fromkeys((key, "f1_macro", "accuracy", "balanced_accuracy", "auroc")):
         if k in t:
-            lines.append(f"  test {k:18s} {100 * t[k]['mean']:6.2f} +- {100 * t[k]['std']:.2f}")
+            lines.append(f"  {split:4s} {k:18s} {100 * t[k]['mean']:6.2f} +- {100 * t[k]['std']:.2f}")
     lines += assessment_lines(results)
     tr, tot = results["trainable_params"], results["total_params"]
     lines.append(f"  trainable params   {tr:,} of {tot:,} ({100 * tr / tot:.3f}%)")

@@ -103,7 +103,7 @@ def subgroup_metrics(logits, targets, subgroups: dict, class_names, multilabel: 
     """Fairness report of one split for every attribute in `subgroups` (name -> per-image values).
 
     Returns {"headline", "min_group_size", "worst_group_score", "attributes": {name: {"groups",
-    "too_small", "worst_group", "worst_score", "best_group", "best_score", "gap",
+    "too_small", "scored_groups", "worst_group", "worst_score", "best_group", "best_score", "gap",
     "equalized_odds_difference", "demographic_parity_difference", "per_class"}}}; worst_group_score is
     the lowest worst_score over the attributes (None when no attribute has a scored group).
     """
@@ -117,13 +117,29 @@ def subgroup_metrics(logits, targets, subgroups: dict, class_names, multilabel: 
         ranked = sorted(((g["score"], v) for v, g in groups.items()
                          if g["scored"] and g["score"] is not None and v != UNKNOWN))
         entry = {"groups": groups, "too_small": [v for v, g in groups.items() if not g["scored"]],
-                 "worst_group": None, "worst_score": None, "best_group": None, "best_score": None, "gap": None}
-        if ranked:
+                 "scored_groups": len(ranked), "worst_group": None, "worst_score": None, "best_group": None,
+                 "best_score": None, "gap": None}
+        if len(ranked) >= 2:
             (worst, w), (best, b) = ranked[0], ranked[-1]
             entry.update(worst_group=w, worst_score=worst, best_group=b, best_score=best, gap=best - worst)
+        elif ranked:  # one group scored: no comparison, but its score still bounds FairTune's selection
+            entry["worst_score"] = ranked[0][0]
         entry.update(fairness_differences(logits, targets, values, class_names, multilabel,
                                           keep_groups=[v for _, v in ranked]))
         attributes[attr] = entry
     worst = [a["worst_score"] for a in attributes.values() if a["worst_score"] is not None]
     return {"headline": "auroc" if multilabel else "f1_macro", "min_group_size": int(min_size),
             "worst_group_score": min(worst) if worst else None, "attributes": attributes}
+
+
+def worst_group_text(entry: dict, score_text) -> str:
+    """One attribute's worst-group summary for people: ``worst F: 71.20, gap 4.10``, or, with fewer than
+    two groups scored, ``n/a: 1 group scored`` (no comparison exists). ``score_text`` formats a score."""
+    n = entry.get("scored_groups")
+    if n is None:  # results written before scored_groups was recorded
+        n = 2 if entry.get("worst_group") is not None else 0
+    if isinstance(n, dict):  # mean over seeds
+        n = int(n.get("min", n.get("mean", 0)) or 0)
+    if n < 2 or entry.get("worst_group") is None:
+        return f"n/a: {n} group{'' if n == 1 else 's'} scored"
+    return f"worst {entry['worst_group']}: {score_text(entry.get('worst_score'))}, gap {score_text(entry.get('gap'))}"

@@ -110,7 +110,7 @@ def feature_extractor(device: str | torch.device = "cpu") -> InceptionFeatures:
     return _NET[key]
 
 
-def _to_uint8(image) -> torch.Tensor:
+def to_uint8(image) -> torch.Tensor:
     """PIL image / path / array / tensor -> uint8 [3, H, W]."""
     from PIL import Image
 
@@ -140,7 +140,7 @@ def _batches(images, batch_size: int) -> Iterable[torch.Tensor]:
         return
     batch: list[torch.Tensor] = []
     for img in images:
-        t = nv_resize(_to_uint8(img).float()[None])  # one by one: sizes may differ
+        t = nv_resize(to_uint8(img).float()[None])  # one by one: sizes may differ
         batch.append(t / 255.0)
         if len(batch) == batch_size:
             yield torch.cat(batch)

@@ -21,7 +21,11 @@ Output folder (:class:`trainer.run_dir.RunDir`, flat: one seed; with several see
                                              safetensors + torch.load(weights_only=True) only)
     <output_dir>/adapter/                    the adapter folder (adapters.io), + pytorch_lora_weights.safetensors
                                              for LoRA (loads with StableDiffusionPipeline.load_lora_weights)
-    <output_dir>/fid/generated/*.png         the images FID was computed on (with --fid-samples N)
+    <output_dir>/fid/generated/*.png         the test-prompt images FID was computed on (with --fid-samples N)
+    <output_dir>/geneval/test.json, val.json the full reports of trainer.geneval: FID, KID, precision/recall/
+                                             density/coverage, MS-SSIM diversity, memorization against the
+                                             run's own training pairs (+ contact sheets); val with a
+                                             validation split (--val-frac or --dataset-option val_frac=...)
     <output_dir>/results.json                written last
 
 Checkpoints are written every ``--validation-steps`` and at the end; ``--resume`` continues from the last
@@ -45,6 +49,8 @@ from adapters.io import AdapterConfig, save_adapter
 from ..config import ConfigError, TrainConfig
 from ..diffusion import (GenerationError, build_pipeline, check_base, diffusion_loss, encode_images, encode_prompts,
                          from_pretrained, load_components)
+from ..geneval.nearest import write_train_pairs
+from ..geneval.scoring import generate_images, score_run
 from ..run_dir import RunDir, RunResults
 from .checkpoint import load_checkpoint, save_checkpoint
 from .metrics import aggregate
@@ -138,8 +144,9 @@ def _load_data(cfg: TrainConfig, tokenizer, seed: int):
 
     options = dict(cfg.dataset_options)
     fn = GEN_DATASETS.get(cfg.dataset)
-    if fn is not None and cfg.test_frac is not None and "test_frac" in inspect.signature(fn).parameters:
-        options.setdefault("test_frac", cfg.test_frac)
+    for name in ("test_frac", "val_frac"):
+        if fn is not None and getattr(cfg, name) is not None and name in inspect.signature(fn).parameters:
+            options.setdefault(name, getattr(cfg, name))
     return load_generation_data(cfg.dataset, cfg.data_dir, tokenizer, fraction=cfg.fraction, seed=seed, **options)
 
 
@@ -150,24 +157,11 @@ def _validation_prompts(cfg: TrainConfig, data) -> list[str]:
     return prompts[:2]
 
 
-@torch.no_grad()
-def _generate(pipe, prompts: list[str], seeds: list[int], cfg: TrainConfig, accelerator, batch_size: int):
-    images = []
-    for i in range(0, len(prompts), batch_size):
-        gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[i:i + batch_size]]
-        with accelerator.autocast():
-            out = pipe(prompts[i:i + batch_size], num_inference_steps=cfg.num_inference_steps,
-                       guidance_scale=cfg.guidance_scale, generator=gens, height=cfg.resolution,
-                       width=cfg.resolution, output_type="pil")
-        images += out.images
-    return images
-
-
 def _validate(cfg, parts, unet, prompts, step: int, out: Path, accelerator, seed: int) -> list[Path]:
     was_training = unet.training
     unet.eval()
     pipe = build_pipeline(parts, unet)
-    images = _generate(pipe, prompts, [seed] * len(prompts), cfg, accelerator, batch_size=len(prompts) or 1)
+    images = generate_images(pipe, prompts, [seed] * len(prompts), cfg, accelerator, batch_size=len(prompts) or 1)
     folder = out / "validation"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -177,32 +171,6 @@ def _validate(cfg, parts, unet, prompts, step: int, out: Path, accelerator, seed
         paths.append(path)
     unet.train(was_training)
     return paths
-
-
-def _fid(cfg, parts, unet, data, out: Path, accelerator, seed: int) -> dict:
-    """FID of ``cfg.fid_samples`` generated images against as many real test images (cycled prompts),
-    with both sample sizes and, below 2,048 per side, a warning (also printed)."""
-    from .fid import compute_fid, small_sample_warning
-    from ..data.text2img import load_grayscale
-
-    n = int(cfg.fid_samples)
-    test = data.test
-    prompts = [test[i % len(test)].text for i in range(n)]
-    unet.eval()
-    pipe = build_pipeline(parts, unet)
-    fakes = _generate(pipe, prompts, [seed * 1_000_003 + i for i in range(n)], cfg, accelerator,
-                      batch_size=max(1, cfg.batch_size))
-    folder = out / "fid" / "generated"
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(fakes):
-        img.save(folder / f"{i:05d}.png")
-    reals = [load_grayscale(p.path, cfg.resolution).convert("RGB") for p in test[:n]]
-    value = compute_fid(reals, fakes, batch_size=max(2, cfg.batch_size), device=accelerator.device)
-    warning = small_sample_warning(len(reals), len(fakes))
-    if warning:
-        warnings.warn(warning, stacklevel=2)
-        accelerator.print(f"warning: {warning}")
-    return {"fid": value, "n_real": len(reals), "n_generated": len(fakes), "warning": warning}
 
 
 def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunDir, accelerator) -> dict:
@@ -319,16 +287,21 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
                   "mixed_precision": rt.precision, "ema": cfg.ema})
     if main:
         save_adapter(plain, run_dir.adapter_dir(seed), acfg)
-        if cfg.fid_samples > 0:
-            scored = _fid(cfg, parts, plain, data, out, accelerator, seed)
-            fid = scored["fid"]
-            result["test"] = {"fid": fid}
-            result["fid_samples"] = {"real": scored["n_real"], "generated": scored["n_generated"],
-                                     "warning": scored["warning"]}
-            acfg.metrics = {"test_fid": fid, "fid_samples": int(cfg.fid_samples), "fid_real_samples": scored["n_real"]}
+        write_train_pairs(out, data.train)  # the app's nearest-training-image view (local paths, not pushed)
+        if cfg.fid_samples > 0:  # FID, KID, PRDC, diversity, memorization (trainer.geneval)
+            scored = score_run(cfg, parts, plain, data, out, accelerator, seed)
+            result["test"], result["val"] = scored["test"], scored["val"] or {}
+            result["fid_samples"], result["noise_norm"] = scored["fid_samples"], scored["noise_norm"]
+            fid = scored["test"]["fid"]
+            acfg.metrics = {"test_fid": fid, "fid_samples": int(cfg.fid_samples),
+                            "fid_real_samples": scored["fid_samples"]["real"],
+                            **{f"test_{k}": v for k, v in scored["test"].items() if k != "fid"}}
             save_adapter(plain, run_dir.adapter_dir(seed), acfg)
-            accelerator.print(f"[seed {seed}] FID {fid:.3f} ({scored['n_generated']} generated vs "
-                              f"{scored['n_real']} real test images)")
+            mem = scored["test"].get("memorization")
+            accelerator.print(f"[seed {seed}] FID {fid:.3f}, KID {scored['test']['kid']:.4f}"
+                              + (f", memorized {100 * mem:.1f}%" if mem is not None else "")
+                              + f" ({scored['fid_samples']['generated']} generated vs "
+                              f"{scored['fid_samples']['real']} real test images)")
     accelerator.wait_for_everyone()
     return result
 
@@ -357,18 +330,27 @@ def run(cfg: TrainConfig) -> dict:
     parts = load_components(cfg.base_model, unet=False)  # each seed loads its own U-Net
     per_seed = [train_seed(cfg, parts, seed, run_dir, accelerator) for seed in cfg.seeds]
     tested = all(r["test"] for r in per_seed)
+    validated = tested and all(r.get("val") for r in per_seed)
     results = RunResults.create(
         cfg, task="generation", backbone=BACKBONE, per_seed=per_seed, adapter_dir=run_dir.adapter_rel(cfg.seeds[0]),
-        metrics={"test": aggregate([r["test"] for r in per_seed]) if tested else {}},
+        metrics={"test": aggregate([r["test"] for r in per_seed]) if tested else {},
+                 **({"val": aggregate([r["val"] for r in per_seed])} if validated else {})},
         wall_time_s=time.time() - t0, data_notes=per_seed[0]["data_notes"], base_model=cfg.base_model).data
     results["runtime"] = rt.record()  # the precision, compile and checkpointing actually used
     if accelerator.is_main_process:
         run_dir.write_results(results)
+        if not cfg.keep_checkpoints:  # each tensor once: the adapter stays, the resume state goes
+            run_dir.drop_checkpoints()
+        run_dir.release()
         fid = results["metrics"]["test"].get("fid")
         tr, tot = results["trainable_params"], results["total_params"]
         print(f"{cfg.method} on {cfg.dataset} ({cfg.base_model}), seeds {cfg.seeds}: trainable {tr:,} of {tot:,} "
               f"({100 * tr / tot:.3f}%)" + (f"; FID {fid['mean']:.3f} +- {fid['std']:.3f}" if fid else ""))
         if cfg.push_to_hub:
-            print(f"pushed to {run_dir.push(results, cfg.push_to_hub, private=cfg.hub_private)}")
+            from ..hub import push_adapter
+
+            url = push_adapter(run_dir.root / results["adapter_dir"], cfg.push_to_hub, private=cfg.hub_private,
+                               results=results)
+            print(f"pushed to {url}")
     accelerator.wait_for_everyone()
     return results

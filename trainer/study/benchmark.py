@@ -2,7 +2,7 @@
 
     python -m trainer.benchmark run benchmarks/table2_resnet50.yaml --results-dir results/   # each worker
     python -m trainer.benchmark run GRID --results-dir results/ --storage postgresql://user@host/db
-    python -m trainer.benchmark report results/            # Markdown + CSV tables and PNG plots
+    python -m trainer.benchmark report results/            # Markdown + CSV tables, PNG plots, disk use
 
 A grid file (YAML)::
 
@@ -42,11 +42,9 @@ cell that failed (``error.txt``) stays failed: after fixing the cause, remove it
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -146,8 +144,8 @@ class Sweep:
                 except Exception as e:
                     trial.set_user_attr("error", f"{type(e).__name__}: {e}")
                     raise
-                finally:
-                    _drop_weights(out)
+                finally:  # a trial keeps its history and results, not its weights (the seeds retrain)
+                    RunDir(out, base.seeds[:1]).drop_weights()
 
             study.optimize(objective, n_trials=1, catch=(Exception,))
             return "ran", {}
@@ -244,6 +242,10 @@ class Sweep:
         if (out / "results.json").exists():
             return "done"
         search = None
+        if cfg.task == "generation":  # NSGA-II over FID and memorization on validation, then seeds at the knee
+            from .hpo_generation import cell_search
+
+            search = cell_search(self.grid, cfg, self.storage, f"{self.grid['name']}/{cell.key}/pareto")
         if search_trials(self.grid, cfg) > 0:
             state, search = self._search(i, cell, cfg)
             if state == "failed":
@@ -296,8 +298,7 @@ def _search_run(trial, cfg: TrainConfig) -> float:
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {score:.4f})")
 
-    results = run(cfg, report=report)
-    trial.set_user_attr("test", results["metrics"]["test"][results["headline"]]["mean"])
+    results = run(cfg, report=report, search_trial=True)  # validation only: the test split is never seen
     return hpo.validation_objective(results)
 
 
@@ -310,14 +311,9 @@ def _seed_run(cfg: TrainConfig) -> dict:
     if done.finished:  # finished, but its worker died before recording it
         return done.read_results().data
     cfg.resume = (out / "config.yaml").exists()
+    if cfg.resume:  # re-queued: the study's heartbeat found its worker dead, so its in-use mark is stale
+        done.break_mark()
     return run(cfg)
-
-
-def _drop_weights(trial_dir: Path) -> None:
-    """A finished search trial keeps its history and results, not its weights (seeds retrain)."""
-    for pattern in ("seed_*/checkpoint", "seed_*/adapter", "seed_*/best.safetensors"):
-        for p in trial_dir.glob(pattern):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def run_grid(grid_path: str | Path, results_dir: str | Path, worker: str | None = None,
@@ -326,8 +322,26 @@ def run_grid(grid_path: str | Path, results_dir: str | Path, worker: str | None 
     return Sweep(grid_path, results_dir, worker, storage, heartbeat, grace, poll).run(max_trials)
 
 
+def check_args(args) -> None:
+    """The numeric options, checked as the trainer's are (one line naming the flag), before any write."""
+    from ..preflight import check_number, check_storage_url, check_writable
+
+    if args.cmd == "run":
+        check_number("--heartbeat", args.heartbeat, 1)
+        check_number("--stale-after", args.stale_after, args.heartbeat + 1)
+        check_number("--poll", args.poll, 0.01, 86_400, integer=False)
+        if args.max_trials is not None:
+            check_number("--max-trials", args.max_trials, 1)
+        check_writable(args.results_dir, "--results-dir")
+        check_storage_url(args.storage)
+    elif args.out is not None:
+        check_writable(args.out, "--out")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.benchmark", description=__doc__.split("\n\n")[0])
+    from ..cli import Parser
+
+    p = Parser(prog="python -m trainer.benchmark", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run (or continue) every cell of a grid; start one per GPU or machine")
     r.add_argument("grid")
@@ -344,8 +358,15 @@ def main(argv: list[str] | None = None) -> int:
     rep = sub.add_parser("report", help="tables (Markdown, CSV) beside the paper's numbers, and plots")
     rep.add_argument("results_dir")
     rep.add_argument("--out", default=None, help="where to write (default RESULTS_DIR/report)")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_args(args)
         if args.cmd == "run":
             counts = run_grid(args.grid, args.results_dir, args.worker_id, args.storage, args.heartbeat,
                               args.stale_after, args.max_trials, args.poll)
@@ -359,9 +380,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for path in paths:
             print(path)
+        from .disk_use import disk_use_lines
+
+        print("\n".join(disk_use_lines(args.results_dir)))
         return 0
     except (ConfigError, StudyError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a filesystem fault while writing (disk full, permission): one line
+        from ..preflight import describe_storage_error
+
+        message = describe_storage_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -21,12 +21,12 @@ def subgroup_view(df: pd.DataFrame, attribute: str) -> pd.DataFrame:
             continue
         groups |= set(scores)
         valid = {g: v for g, v in scores.items() if isinstance(v, (int, float))}
-        worst = min(valid, key=valid.get) if valid else ""
+        worst = min(valid, key=valid.get) if len(valid) >= 2 else f"n/a: {len(valid)} group{'s' * (len(valid) != 1)} scored"
         rows.append({"backbone": r["backbone"], "dataset": r["dataset"], "method": r["method"],
                      "fraction": f"{r['fraction']:g}", "overall": format_score(r["metric"], r["mean"], r["std"]),
                      **{g: format_score(r["metric"], v, math.nan) for g, v in scores.items()},
                      "gap": format_score(r["metric"], max(valid.values()) - min(valid.values()), math.nan)
-                     if valid else "", "worst group": worst, "path": r["path"]})
+                     if len(valid) >= 2 else "n/a", "worst group": worst, "path": r["path"]})
     columns = ["backbone", "dataset", "method", "fraction", "overall"] + sorted(groups, key=group_order) + \
         ["gap", "worst group", "path"]
     return pd.DataFrame(rows, columns=columns).fillna("")

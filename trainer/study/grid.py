@@ -10,11 +10,13 @@ from typing import Any
 
 import yaml
 
+from ..preflight import check_number
 from ..config import FIELDS, ConfigError, TrainConfig
 from . import hpo
 
 GRID_KEYS = ("method", "dataset", "backbone", "fraction")
-HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective")
+HPO_KEYS = ("trials", "min_resource", "reduction_factor", "lr_ranges", "objective",
+            "objectives", "population")  # the last two: generation's NSGA-II search (trainer.study.hpo_generation)
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     bad = set(grid.get("hpo") or {}) - set(HPO_KEYS)
     if bad:
         raise ConfigError(f"{path}: unknown hpo options {sorted(bad)}; use {', '.join(HPO_KEYS)}")
+    h = grid.get("hpo") or {}
+    for key, lo in (("trials", 0), ("min_resource", 1), ("reduction_factor", 2)):
+        if h.get(key) is not None:
+            check_number(f"{path}: hpo {key}", h[key], lo)
     grid.setdefault("name", Path(path).stem)
     return grid
 
@@ -68,6 +74,9 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
                   output_dir=str(Path(results_dir) / cell.key), seeds=list(grid.get("seeds", [0])))
     if cell.backbone:
         values["backbone"] = cell.backbone
+    checkpoints = grid.get("init_checkpoints") or {}  # per backbone (foundation presets' files or repo copies)
+    if cell.backbone in checkpoints:
+        values["init_checkpoint"] = str(checkpoints[cell.backbone])
     data_dirs = grid.get("data_dirs") or {}
     if cell.dataset in data_dirs:
         values["data_dir"] = str(data_dirs[cell.dataset])
@@ -80,7 +89,6 @@ def cell_config(grid: dict[str, Any], cell: Cell, results_dir: Path) -> TrainCon
         raise ConfigError(f"hpo objective must be one of {', '.join(hpo.OBJECTIVES)}, got {objective!r}")
     if objective != "headline":  # FairTune: search, select epochs and seeds on the worst subgroup
         values["select_on"] = objective
-    values.setdefault("cache_dir", str(Path(results_dir) / ".cache" / cell.dataset))
     values.setdefault("lr", hpo.default_lr(values.get("task", "classification"), cell.method))
     return TrainConfig(**values).validate()
 
@@ -92,7 +100,8 @@ def fixed_names(grid: dict[str, Any], cell: Cell) -> set[str]:
 
 
 def search_trials(grid: dict[str, Any], cfg: TrainConfig) -> int:
-    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (no validation score)."""
+    """ASHA trials for the cell: the grid's ``hpo.trials``; none for generation (its multi-objective search
+    runs through :func:`trainer.study.hpo_generation.cell_search`)."""
     return int((grid.get("hpo") or {}).get("trials", 0)) if cfg.task == "classification" else 0
 
 

@@ -14,6 +14,12 @@ each, all at once if you like. A worker exits 0 when the study has a completed t
 trials may all have been pruned) and writes the best configuration as ``best.yaml``, for
 ``python -m trainer --config best.yaml``.
 
+A trial is scored on validation only: it never predicts the test split, and its folder
+(``trial_NNNN/``: config, history, splits without the test split, validation predictions,
+results.json of kind ``medpeft-search-trial``) holds no test score. The chosen configuration is
+tested once, by the run of ``best.yaml``. Each tensor is kept once: a trial's resume checkpoint
+goes when it ends (pruned, failed or finished), and only the study's best trial keeps its adapter.
+
 Searched (:func:`search_space`): a log-uniform learning rate over the method family's range
 (:data:`LR_RANGES`), a log-uniform weight decay, and the method's own hyper-parameters (those in
 its registry defaults that :data:`SEARCH_SPACE` knows: LoRA rank/alpha, AdaptFormer bottleneck
@@ -21,11 +27,11 @@ and scale, VPT prompt count).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import math
 import os
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -35,6 +41,7 @@ import yaml
 
 from ..cli import parse_config
 from ..config import ConfigError, TrainConfig
+from ..run_dir import RunDir
 
 # Method hyper-parameter name -> (kind, args): "log" float range, "cat" choices.
 SEARCH_SPACE: dict[str, tuple[str, Any]] = {
@@ -105,7 +112,6 @@ def trial_config(base: TrainConfig, trial, study_dir: Path, fixed: Iterable[str]
     cfg = apply_params(base, {name: suggest(trial, name, spec) for name, spec in space.items()})
     cfg.seeds = cfg.seeds[:1]
     cfg.output_dir = str(Path(study_dir) / f"trial_{trial.number:04d}")
-    cfg.cache_dir = cfg.cache_dir or str(Path(study_dir) / ".cache")  # decoded images shared by every trial
     cfg.push_to_hub = None
     cfg.resume, cfg.overwrite = False, True
     return cfg
@@ -123,7 +129,11 @@ def validation_objective(results: dict) -> float:
     return results["metrics"]["val"][results["headline"]]["mean"]
 
 
-def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None, fixed: Iterable[str] = ()):
+def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = None, fixed: Iterable[str] = (),
+                  search_trial: bool = True):
+    """The optuna objective: one training run per trial, scored on validation. ``search_trial`` (default)
+    runs each trial on validation only (``train(cfg, report=..., search_trial=True)``); False calls
+    ``train(cfg, report=...)`` for a caller that keeps a trial as its final run (the app's quick HPO)."""
     import optuna
 
     from ..loops.classify import run
@@ -139,13 +149,30 @@ def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = N
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at epoch {epoch} (val {score:.4f})")
 
-        results = train(cfg, report=report)
-        val = validation_objective(results)
+        try:
+            results = train(cfg, report=report, **({"search_trial": True} if search_trial else {}))
+        finally:
+            RunDir(cfg.output_dir, cfg.seeds).drop_checkpoints()  # pruned or failed trials too
         trial.set_user_attr("output_dir", cfg.output_dir)
-        trial.set_user_attr("test", results["metrics"]["test"][results["headline"]]["mean"])
-        return val
+        return validation_objective(results)
 
     return objective
+
+
+def keep_best_adapter(study_dir: Path):
+    """An optuna callback: after each trial, only the study's best trial keeps its adapter folder."""
+
+    def callback(study, _trial) -> None:
+        try:
+            best = study.best_trial.number
+        except ValueError:  # no completed trial yet
+            return
+        for folder in Path(study_dir).glob("trial_*"):
+            if folder.name != f"trial_{best:04d}":
+                for adapter in folder.glob("seed_*/adapter"):
+                    shutil.rmtree(adapter, ignore_errors=True)
+
+    return callback
 
 
 def worker_seed(sampler_seed: int, worker: str) -> int:
@@ -178,12 +205,18 @@ def best_config(base: TrainConfig, study) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
-    from adapters import MethodError
+    from . import hpo_generation
 
-    from ..data import DataError
+    if hpo_generation.wants(sys.argv[1:] if argv is None else argv):  # --task generation: multi-objective search
+        return hpo_generation.main(sys.argv[1:] if argv is None else argv)
+
+    from ..__main__ import user_errors
+    from ..preflight import check_number, check_storage_url, describe_storage_error, preflight
     from .storage import StudyError
 
-    p = argparse.ArgumentParser(prog="python -m trainer.hpo", description=__doc__.split("\n\n")[0],
+    from ..cli import Parser
+
+    p = Parser(prog="python -m trainer.hpo", description=__doc__.split("\n\n")[0],
                                 epilog="All other flags are the trainer's (python -m trainer --help).")
     p.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     p.add_argument("--storage", default=None, help="optuna storage URL, e.g. postgresql://user@host/db "
@@ -200,19 +233,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--objective", choices=OBJECTIVES, default="headline",
                    help="what the search maximises on validation: the headline score, or worst_group, the "
                         "lowest-scoring patient subgroup (FairTune; epochs are then selected on it too)")
-    args, rest = p.parse_known_args(argv)
     try:
-        base = parse_config(rest + (["--select-on", args.objective] if args.objective != "headline" else []))
+        args, rest = p.parse_known_args(argv)
+    except SystemExit as e:  # --help
+        return e.code if isinstance(e.code, int) else 0
+    except ConfigError as e:  # a bad value of one of these flags: one line
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        check_number("--trials", args.trials, 1)
+        check_number("--sampler-seed", args.sampler_seed, 0, 2**32 - 1)
+        if args.min_resource is not None:
+            check_number("--min-resource", args.min_resource, 1)
+        check_number("--reduction-factor", args.reduction_factor, 2)
+        base = preflight(parse_config(rest + (["--select-on", args.objective] if args.objective != "headline" else [])))
         study_dir = Path(base.output_dir)
+        url = args.storage or f"sqlite:///{(study_dir / 'hpo.db').resolve()}"
+        check_storage_url(url)  # nothing is written before every check passed
         study_dir.mkdir(parents=True, exist_ok=True)
         name = args.study_name or f"{base.method}-{base.dataset}"
         worker = args.worker_id or f"{socket.gethostname()}-{os.getpid()}"
-        study = make_study(name, args.storage or f"sqlite:///{(study_dir / 'hpo.db').resolve()}",
-                           worker_seed(args.sampler_seed, worker),
+        study = make_study(name, url, worker_seed(args.sampler_seed, worker),
                            args.min_resource or first_rung(base.warmup_epochs), args.reduction_factor)
-        study.optimize(objective_for(base, study_dir), n_trials=args.trials, catch=())
-    except (ConfigError, MethodError, DataError, StudyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        study.optimize(objective_for(base, study_dir), n_trials=args.trials, catch=(),
+                       callbacks=[keep_best_adapter(study_dir)])
+    except user_errors() + (StudyError,) as e:
+        print(f"error: {str(e).strip()}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a filesystem fault while writing (disk full, permission): one line
+        message = describe_storage_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     states = optuna.trial.TrialState
     done = study.get_trials(deepcopy=False, states=(states.COMPLETE,))

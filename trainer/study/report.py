@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from .disk_use import disk_use, disk_use_markdown
 from .efficiency import efficiency_rows
 from .fairness_views import fairness_table, subgroup_attributes, subgroup_view
+from .report_generation import generation_section
 from .report_plots import data_volume_plot, efficiency_plot, pareto_plot
 from .results import LOWER_IS_BETTER, REFERENCE_SOURCE, all_rows, format_score, local_rows, ranks, reference_rows
 
@@ -131,6 +133,10 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
             md += ["## Efficiency per run (trainable parameters, peak GPU memory, time per epoch, adapter "
                    "size, chosen hyper-parameters)", "", _markdown(view.astype(object).fillna("")), ""]
         md += fairness_markdown(local[local["task"] == task])
+        if task == "generation":  # Table 4 beyond FID (trainer.study.report_generation)
+            extra, files = generation_section(local, results_dir, out)
+            md, written = md + extra, written + files
+        md += disk_use_markdown(results_dir)
         path = out / f"{task}.md"
         path.write_text("\n".join(md))
         csv = out / f"{task}.csv"
@@ -157,4 +163,6 @@ def write_report(results_dir: str | Path, out: str | Path | None = None) -> list
         path = out / "data_volume.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")
         written.append(path)
-    return written
+    path = out / "disk_use.csv"
+    disk_use(results_dir).to_csv(path, index=False)
+    return written + [path]

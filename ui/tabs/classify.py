@@ -1,7 +1,7 @@
 """The Classify tab: an image (PNG, JPEG, TIFF, BMP or DICOM) through a chosen adapter, with the
 image the model saw, a Grad-CAM heat map and a side-by-side comparison of several adapters.
 API: ``/classify``, ``/compare``, ``/filter_adapters``, ``/rescan_adapters``, ``/current_adapters``,
-``/adapters``."""
+``/adapters`` (local, pulled and Hub-listed adapters), ``/search_hub``, ``/pull_hub_adapter`` (:mod:`.hub_browser`)."""
 from __future__ import annotations
 
 import functools
@@ -12,15 +12,19 @@ import pandas as pd
 
 from trainer.data import DataError, load_image
 from trainer.infer import InferenceError
+from trainer.infer.discover import adapter_listing
 
 from .. import views
 from ..errors import user_errors
 from ..shared import TabContext
 from ..state import ALL
+from .hub_browser import HubBrowser
 
 FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
 COMPARE_COLUMNS = ["adapter", "method", "backbone", "dataset", "top class", "probability", "calibrated", "latency ms",
-                   "note"]
+                   "note", "memory MB"]
+"""``memory MB``: how much the app grew while that adapter was loaded and run (adapters on one shared base:
+only their own tensors); the rows add up to the memory the compare used."""
 
 
 def load_upload(path: str):
@@ -72,7 +76,8 @@ class ClassifyTab:
                 self.compare_box = gr.CheckboxGroup(views.choices(state.classifiers()), label="Adapters to compare")
                 self.compare_btn = gr.Button("Compare", variant="secondary")
                 self.compare_out = gr.Dataframe(label="Comparison", interactive=False, wrap=True,
-                                                column_widths=["20%", "9%", "16%", "10%", "12%", "8%", "7%", "8%", "10%"])
+                                                column_widths=["18%", "8%", "15%", "9%", "12%", "8%", "7%", "8%", "9%", "6%"])
+            self.hub = HubBrowser(ctx)
         p = ctx.pickers
         p.dataset_dd, p.task_dd, p.adapter_dd, p.compare_box, p.status_md = (
             self.dataset_dd, self.task_dd, self.adapter_dd, self.compare_box, self.status_md)
@@ -114,7 +119,7 @@ class ClassifyTab:
         top, p = pred.top
         details = [f"**{adapter.name}**: {adapter.method} on {adapter.backbone} ({adapter.dataset}, {adapter.task})",
                    f"top class **{top}** ({100 * p:.1f}%), {pred.latency_ms:.0f} ms "
-                   f"(preprocessing + forward, {'merged weights' if lm.merged else 'unmerged'})"]
+                   f"(preprocessing + forward, {'merged weights' if lm.merged else 'on the shared base'})"]
         if lm.note:
             details.append(lm.note)
         if adapter.is_demo:
@@ -135,21 +140,27 @@ class ClassifyTab:
         if not adapter_keys:
             raise InferenceError("tick at least one adapter to compare")
         image = load_upload(file)
-        rows = []
-        for key in adapter_keys:
-            adapter = self.state.get(key)
-            row = {"adapter": adapter.name, "method": adapter.method, "backbone": adapter.backbone,
-                   "dataset": adapter.dataset}
+        known, rows = [], {}
+        for i, key in enumerate(adapter_keys):
             try:
-                pred = self.state.predictor.predict(adapter, image)
-                top, p = pred.top
-                row.update({"top class": top, "probability": round(p, 4), "calibrated": pred.calibrated,
-                            "latency ms": round(pred.latency_ms, 1),
+                known.append((i, self.state.get(key)))
+            except InferenceError as e:  # an unknown key gets its own row; the others still run
+                rows[i] = {"adapter": key, "note": f"error: {e}"}
+        # one call: one preprocessing pass for the adapters of one backbone, all on its shared base
+        compared = self.state.predictor.compare([a for _, a in known], image)
+        for (i, adapter), res in zip(known, compared):
+            row = {"adapter": adapter.name, "method": adapter.method, "backbone": adapter.backbone,
+                   "dataset": adapter.dataset, "memory MB": round(res.memory_bytes / 2 ** 20, 1)}
+            if res.prediction is not None:
+                top, p = res.prediction.top
+                row.update({"top class": top, "probability": round(p, 4), "calibrated": res.prediction.calibrated,
+                            "latency ms": round(res.prediction.latency_ms, 1),
                             "note": "demo: ImageNet classes" if adapter.is_demo else ""})
-            except (InferenceError, ValueError) as e:  # one failing adapter must not hide the others
+            else:
                 row.update({"top class": "", "probability": None, "calibrated": None, "latency ms": None,
-                            "note": f"error: {e}"})
-            rows.append(row)
+                            "note": f"error: {res.error}"})
+            rows[i] = row
+        rows = [rows[i] for i in range(len(adapter_keys))]
         return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
     def filter_adapters(self, dataset: str, task: str, current: str | None):
@@ -164,5 +175,10 @@ class ClassifyTab:
         return self.ctx.pickers.updates(self.state, dataset, task, current)
 
     def list_adapters(self) -> list[dict]:
-        """Rescan and list every adapter (local and Hub) with its task, method, backbone, classes and test F1."""
-        return [a.to_dict() for a in self.state.scan()]
+        """Rescan and list every adapter (local and pulled Hub ones) with its task, method, backbone, classes and
+        test F1; then the Hub's MedPEFT adapters not pulled yet (``source: hub-listing``, card metrics)."""
+        return self.adapter_listing()
+
+    def adapter_listing(self, where=None) -> list[dict]:
+        """:meth:`list_adapters` with an optional row filter ``where(row) -> bool`` (per-visitor rules)."""
+        return adapter_listing(self.state.scan(), self.hub.listing(), where)

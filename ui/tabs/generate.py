@@ -43,10 +43,32 @@ class GenerateTab:
                 with gr.Column(scale=5):
                     self.image_out = gr.Image(label="Generated image", type="filepath", format="png", height=420,
                                               interactive=False)
+                    self.nearest_img = gr.Image(label="Nearest training image", type="filepath", height=200,
+                                                interactive=False)
+                    self.nearest_md = gr.Markdown()
                     gr.Markdown(views.DISCLAIMER + " Generated images are synthetic.", elem_classes="medpeft-note")
         ctx.pickers.gen_adapter = self.adapter_dd
         self.gen_btn.click(self.generate, [self.prompt_in, self.base_in, self.adapter_dd, self.steps_in,
-                                           self.guidance_in, self.seed_in], [self.image_out], api_name="generate")
+                                           self.guidance_in, self.seed_in], [self.image_out], api_name="generate"
+                           ).success(self.nearest, [self.image_out, self.adapter_dd], [self.nearest_img, self.nearest_md],
+                                     api_name="nearest_training")
+
+    @user_errors("find the nearest training image")
+    def nearest(self, image: str | None, adapter_key: str | None) -> tuple[str | None, str]:
+        """The generated image's nearest training image and its distance, when the adapter's training set
+        is on this machine (trainer.geneval.nearest); otherwise a line saying it is not available."""
+        from trainer.geneval.nearest import nearest_training
+
+        if not image:
+            return None, ""
+        folder = self.state.get(adapter_key, kind="generation").folder if adapter_key else None
+        result = nearest_training(image, folder)
+        shown = None
+        if result.get("available"):  # a copy in the app's outputs: Gradio serves only its own files
+            from trainer.data.images import load_image
+
+            shown = self.files.save(load_image(result["path"]), "nearest_training")
+        return shown, views.nearest_training_markdown(result)
 
     @user_errors("generate an image")
     def generate(self, prompt: str, base: str, adapter_key: str | None, steps: float, guidance: float,

@@ -73,7 +73,7 @@ class TrainTab:
                                                       placeholder="/data/HAM10000 on the server")
                     self.check_btn = gr.Button("Check dataset", variant="secondary", size="sm")
                     self.check_md = gr.Markdown(elem_classes="medpeft-note", elem_id="train-check")
-                    self.backbone_dd = gr.Dropdown(options.TRAIN_BACKBONES, value=self.default_backbone,
+                    self.backbone_dd = gr.Dropdown(options.backbone_choices(), value=self.default_backbone,
                                                    allow_custom_value=True, label="Backbone (or any timm model name)")
                     with gr.Row():
                         family = options.backbone_family(self.default_backbone)

@@ -595,7 +595,7 @@ def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
     from trainer.loops.generate import run
 
     out = tmp_path / "run"
-    results = run(_cfg(tiny_dir, csv_data, out, fid_samples=2, hparams={"rank": 4, "alpha": 4}))
+    results = run(_cfg(tiny_dir, csv_data, out, fid_samples=2, hparams={"rank": 4, "alpha": 4}, keep_checkpoints=True))
     assert results["kind"] == "medpeft-run" and results["task"] == "generation" and results["method"] == "lora"
     assert results["backbone"] == "stable_diffusion_unet" and results["n_train"] == 4
     fid = results["metrics"]["test"]["fid"]
@@ -617,7 +617,8 @@ def test_run_end_to_end_and_resume(tiny_dir, csv_data, tmp_path):
         run(_cfg(tiny_dir, csv_data, out))
 
     # --resume continues from step 4 to 6 and matches an uninterrupted 6-step run exactly.
-    run(_cfg(tiny_dir, csv_data, out, max_train_steps=6, resume=True, hparams={"rank": 4, "alpha": 4}))
+    run(_cfg(tiny_dir, csv_data, out, max_train_steps=6, resume=True, hparams={"rank": 4, "alpha": 4},
+             keep_checkpoints=True))
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6
     assert (out / "validation" / "step_0006_0.png").is_file()
     straight = tmp_path / "straight"

@@ -109,7 +109,7 @@ def test_shipped_grids_carry_the_protocol_and_lr_ranges_per_family(tmp_path):
         grid = load_grid(path)
         generation = (grid.get("base") or {}).get("task") == "generation"
         assert grid["seeds"] == [0, 1, 2], path.name
-        if not generation and path.name != "medpeft.yaml":  # MED-PEFT ran fixed settings, as its grid does
+        if not generation and path.name not in ("medpeft.yaml", "foundation_cxr.yaml"):  # MED-PEFT: fixed settings
             assert grid["hpo"]["trials"] >= 10, path.name  # an ASHA search per cell
         for cell in cells(grid):
             cfg = cell_config(grid, cell, tmp_path)
@@ -230,3 +230,14 @@ def test_leaderboard_shows_medpeft_reported_numbers():
     rows = all_rows(None)
     nih = rows[(rows["source"] == MEDPEFT_SOURCE) & (rows["dataset"] == "chestxray14") & (rows["method"] == "lora")]
     assert len(nih) == 1 and nih.iloc[0]["mean"] == pytest.approx(0.806) and nih.iloc[0]["fraction"] == 0.01
+
+
+def test_foundation_grid_runs_medpeft_protocol_on_presets(tmp_path):
+    grid = load_grid(GRIDS / "foundation_cxr.yaml")
+    cfgs = {(c.method, c.dataset, c.backbone, c.fraction): cell_config(grid, c, tmp_path) for c in cells(grid)}
+    assert len(cfgs) == 5 * 3 * 5 * 3
+    mrm = cfgs[("lora", "chestxray14", "mrm", 0.01)]
+    assert mrm.init_checkpoint.endswith("MRM.pth") and mrm.label_fraction == 1 and mrm.hparams["rank"] == 8
+    rad = cfgs[("full", "rsna_pneumonia", "rad-dino", 1.0)]
+    assert rad.init_checkpoint is None and rad.label_fraction == 100 and rad.lr == 0.0001
+    assert {c.backbone for c in cells(grid)} == {"rad-dino", "medsiglip", "biomedclip", "mrm", "cxr-mae"}

@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baseline-images", type=int, help="--vs-baseline: synthetic images (default: 2048 on CUDA, "
                    "8 batches on CPU)")
     p.add_argument("--baseline-epochs", type=int, default=3, help="--vs-baseline: epochs (the first untimed)")
+    p.add_argument("--serving", action="store_true",
+                   help="N adapters of mixed methods on one shared base vs N deep copies: memory, switch time, "
+                        "first load (trainer.study.perf.serving)")
+    p.add_argument("--adapters", type=int, default=8, help="--serving: how many adapters (default 8)")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_epochs", help=argparse.SUPPRESS)
     return p
@@ -119,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     if args._epochs:
         print(EPOCHS_TAG + json.dumps(trainer_epochs(json.loads(args._epochs))), flush=True)
         return 0
+    if args.serving:
+        return serving_main(args)
     from adapters import METHODS, create_backbone, family_of, methods_for
 
     device = args.device
@@ -185,6 +191,28 @@ def main(argv: list[str] | None = None) -> int:
             print(format_vs_baseline(vs))
             result["wall_s"] = time.time() - t0
     print(format_targets(result["targets"]))
+    if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
+        print(f"wrote {args.json_path}")
+    return 0
+
+
+def serving_main(args) -> int:
+    from .serving import format_serving, run_serving
+
+    if args.adapters < 1:
+        print("error: --adapters must be at least 1", file=sys.stderr)
+        return 2
+    backbone = args.backbone or "vit_base_patch16_224"
+    print(f"medpeft perf --serving: {args.adapters} adapters on {backbone} ({args.device}, random weights)", flush=True)
+    try:
+        result = run_serving(backbone, args.adapters, device=args.device, num_classes=args.num_classes,
+                             img_size=args.img_size, reps=args.steps or 5)
+    except Exception as e:  # noqa: BLE001 - a one-line error, not a traceback
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(format_serving(result))
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
