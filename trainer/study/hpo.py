@@ -41,6 +41,7 @@ import yaml
 
 from ..cli import parse_config
 from ..config import ConfigError, TrainConfig
+from .method_space import method_space
 from ..run_dir import RunDir
 
 # Method hyper-parameter name -> (kind, args): "log" float range, "cat" choices.
@@ -82,6 +83,7 @@ def search_space(task: str, method: str, hparams: Iterable[str] = (), fixed: Ite
     """Name -> (kind, args) of everything searched for ``method``; names in ``fixed`` are left as set."""
     space: dict[str, tuple[str, Any]] = {"lr": ("log", lr_range(task, method)), "weight_decay": ("log", WEIGHT_DECAY)}
     space.update({k: SEARCH_SPACE[k] for k in hparams if k in SEARCH_SPACE})
+    space.update(method_space(method, hparams))  # the catalogue's per-method dimensions (study/method_space.py)
     fixed = set(fixed)
     return {k: v for k, v in space.items() if k not in fixed}
 
