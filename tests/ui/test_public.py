@@ -277,6 +277,7 @@ def test_loadtest_short_run(world, tmp_path):
     assert code == 0 and r["errors"]["other"] == 0, r["errors"]
     assert {"current_adapters", "adapters", "classify", "classify_gradcam", "compare"} <= set(r["latency_ms"])
     assert r["latency_ms"]["p95"] >= r["latency_ms"]["p50"] > 0 and "per_session" in r["rss_mb"]
+    assert loadtest.find_server_pid(world["url"]) == os.getpid()  # the app runs in this test process
 
 
 # ------------------------------------------------------------------------------------ ZeroGPU
