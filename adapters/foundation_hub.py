@@ -175,8 +175,7 @@ def data_cfg(preset: Preset, folder: Path | None, config: dict[str, Any], img_si
            "interpolation": preset.interpolation, "crop_pct": preset.crop_pct}
     have_repo = folder is not None and folder.is_dir()
     if have_repo and preset.source == "transformers":
-        arch = spec_size(preset, config)
-        out["size"] = arch or out["size"]
+        out["size"] = config.get("vision_config", config).get("image_size") or out["size"]
         pre = folder / "preprocessor_config.json"
         if pre.is_file():
             out.update(_hf_preprocessing(read_json(pre), out))
@@ -197,11 +196,6 @@ def data_cfg(preset: Preset, folder: Path | None, config: dict[str, Any], img_si
     if img_size:
         out["size"] = img_size
     return out
-
-
-def spec_size(preset: Preset, config: dict[str, Any]) -> int | None:
-    vision = config.get("vision_config", config)
-    return vision.get("image_size")
 
 
 def _hf_preprocessing(pre: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +283,8 @@ def create_foundation(name: str, num_classes: int, pretrained: bool = True, img_
     dc = data_cfg(preset, folder, config, img_size)
     with torch.random.fork_rng(devices=[]):  # random weights from a fixed seed, as adapters.backbones
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = build(spec, dc["size"], init=not (pretrained and folder is not None and preset.source != "mae"))
+        size = img_size if spec.get("native_size") else dc["size"]  # open_clip trunks: timm's default unless asked
+        model = build(spec, size, init=not (pretrained and folder is not None and preset.source != "mae"))
     report = None
     if pretrained and folder is not None:
         report = _load(model, preset, spec, folder)
