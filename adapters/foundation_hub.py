@@ -184,8 +184,10 @@ def data_cfg(preset: Preset, folder: Path | None, config: dict[str, Any], img_si
         out.update({k: list(pre[k]) for k in ("mean", "std") if k in pre})
         out["interpolation"] = pre.get("interpolation", out["interpolation"])
         out["size"] = config.get("model_cfg", {}).get("vision_cfg", {}).get("image_size", out["size"])
-    elif have_repo and preset.source == "timm" and "pretrained_cfg" in config:
-        pc = config["pretrained_cfg"]
+    elif have_repo and preset.source in ("timm", "mae") and "architecture" in config:
+        size = (config.get("model_args") or {}).get("img_size")
+        out["size"] = size or out["size"]
+        pc = config.get("pretrained_cfg") or {}
         out.update({k: list(pc[k]) for k in ("mean", "std") if k in pc})
         if "input_size" in pc:
             out["size"] = pc["input_size"][-1]
