@@ -114,16 +114,16 @@ def is_peft(model: nn.Module) -> bool:
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors an adapter file holds: trainable parameters (+ buffers the method trains)."""
+    method = get_method(model.medpeft_method)
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(model)
     else:
         state = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        method = get_method(model.medpeft_method)
-        if method.saved_buffers is not None:
-            buffers = dict(model.named_buffers())
-            state.update({n: buffers[n] for n in method.saved_buffers(model)})
+    if method.saved_buffers is not None:
+        buffers = dict(model.named_buffers())
+        state.update({n: buffers[n] for n in method.saved_buffers(model)})
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
 
 
@@ -194,6 +194,9 @@ def load_adapter_weights(model: nn.Module, path: str | os.PathLike) -> None:
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
+        buffers = set(dict(model.named_buffers())) & set(state)  # the method's saved buffers (LoRA's A0/B0)
+        if buffers:
+            model.load_state_dict({k: state.pop(k) for k in buffers}, strict=False)
         set_peft_model_state_dict(model, state)
     else:
         result = model.load_state_dict(state, strict=False)
@@ -248,8 +251,13 @@ def load_adapter(folder: str | os.PathLike, model: nn.Module | None = None, pret
             raise MethodError(f"{folder.name}: the backbone was initialised from the foundation checkpoint "
                               f"{source}, needed to rebuild it: {e} (pass init_checkpoint= where the file "
                               f"is now)") from None
-    model = apply_method(model, config.method, **config.hparams)
+    from .methods.lora_init import loading
+
+    with loading():  # inits that read data or change base weights are rebuilt from the file's tensors
+        model = apply_method(model, config.method, **config.hparams)
     load_adapter_weights(model, folder / WEIGHTS_NAME)
+    if get_method(config.method).after_load is not None:
+        get_method(config.method).after_load(model)
     model.eval()
     if calibrated and config.task != "generation":
         calibrate_outputs(model, config.temperature)

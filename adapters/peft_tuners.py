@@ -30,9 +30,9 @@ which is the papers' initialisation.
 AdaLoRA (Zhang et al. ICLR 2023): the rank budget is re-allocated during training by
 ``update_and_allocate(step)``, called after every optimizer step by the one training step
 (:func:`adapters.registry.after_step`); ``total_step`` is resolved by the trainer to the run's number of
-steps, and the orthogonality regulariser (peft adds it only to transformers' ``outputs.loss``) is added
+steps (``total_step=0``, the default; 1000 outside the trainer), and the orthogonality regulariser (peft adds it only to transformers' ``outputs.loss``) is added
 to the classification loss (:func:`adalora_orth_loss`). The final ``rank_pattern`` is recorded with the
-hyper-parameters so a saved adapter is rebuilt at its pruned ranks.
+hyper-parameters; adapter files keep the ``init_r`` shapes with the pruned values zero (same outputs).
 """
 from __future__ import annotations
 
@@ -115,9 +115,11 @@ TUNERS: list[Tuner] = [
     Tuner("adalora", "AdaLoraConfig", ALL2, "Zhang et al., AdaLoRA, ICLR 2023",
           "SVD-form LoRA whose rank budget is re-allocated during training (AdaLoRA)",
           {"init_r": 12, "target_r": 8, "lora_alpha": 8, "lora_dropout": 0.0, "tinit": 0, "tfinal": 0, "deltaT": 1,
-           "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5, "total_step": 1000, "rank_pattern": None}),
+           "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5, "total_step": 0, "rank_pattern": None}),
 ]
 TUNER = {t.name: t for t in TUNERS}
+RULES = {"vit": ("qv", "qkv", "attn", "all_linear", "kv_ff"), "cnn": ("conv", "spatial", "all_conv", "pointwise"),
+         "unet": ("attn", "qv")}
 
 
 def _fit(key: str, value: int, how: str, pairs: list[tuple[int, int]]) -> int:
@@ -185,6 +187,9 @@ def _apply(tuner: Tuner, model: nn.Module, targets: str = "auto", **hp) -> nn.Mo
         raise MethodError(f"peft's {tuner.name} does not adapt {family} layers; peft methods that do: "
                           f"{fitting_methods(family, tuner.name)}")
     rule = tuner.families[family] if targets == "auto" else targets
+    if rule not in RULES[family]:
+        raise MethodError(f"{tuner.name}: targets={targets!r} is not a {family} target rule; use auto or one of "
+                          f"{', '.join(RULES[family])}")
     freeze(model)
     names, ff = _targets(model, family, rule, tuner, hp)
     if not names:
@@ -194,13 +199,13 @@ def _apply(tuner: Tuner, model: nn.Module, targets: str = "auto", **hp) -> nn.Mo
     pairs = [_layer_dims(m) for m in layers]
     for key, how in tuner.fit.items():
         hp[key] = _fit(key, int(hp[key]), how, pairs)
-    kwargs = {k: v for k, v in hp.items() if not (k == "rank_pattern" and v is None)}
+    kwargs = {k: v for k, v in hp.items() if k != "rank_pattern"}  # AdaLoRA's: recorded, see adalora_after_step
     if tuner.name == "ia3":
         kwargs["feedforward_modules"] = exact_names_regex(ff) if ff else []
-    if tuner.name == "adalora":
-        kwargs["total_step"] = int(kwargs["total_step"])
+    if tuner.name == "adalora":  # 0: the run's length, set by the trainer (peft needs a value to build)
+        kwargs["total_step"] = int(kwargs["total_step"]) or 1000
     cls = getattr(peft, tuner.config)
-    model.medpeft_resolved = {k: hp[k] for k in tuner.fit}
+    model.medpeft_resolved = {"targets": rule, **{k: hp[k] for k in tuner.fit}}  # recorded as used
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=UserWarning)
@@ -248,11 +253,16 @@ def adalora_orth_loss(model: nn.Module) -> torch.Tensor | None:
 
 
 def adalora_after_step(model: nn.Module, step: int) -> None:
-    """AdaLoRA's budget schedule: peft's ``update_and_allocate`` (needs this step's gradients)."""
+    """AdaLoRA's budget schedule: peft's ``update_and_allocate`` (needs this step's gradients). The pattern
+    it allocates is kept out of the peft config between steps, so adapter files keep the full ``init_r``
+    shapes (the pruned singular values are zero in them: the same outputs, and any checkpoint of the run
+    loads into the same model); ``medpeft.json`` records the final pattern."""
+    config = model.peft_config["default"]
+    config.rank_pattern = getattr(model, "medpeft_rank_pattern", None)
     model.base_model.update_and_allocate(step)
-    rank_pattern = model.peft_config["default"].rank_pattern
-    if rank_pattern:
-        model.medpeft_hparams["rank_pattern"] = {k: [bool(b) for b in v] for k, v in rank_pattern.items()}
+    model.medpeft_rank_pattern, config.rank_pattern = config.rank_pattern, None
+    if model.medpeft_rank_pattern:
+        model.medpeft_hparams["rank_pattern"] = {k: [bool(b) for b in v] for k, v in model.medpeft_rank_pattern.items()}
 
 
 def _register(t: Tuner) -> None:

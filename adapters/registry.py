@@ -38,6 +38,8 @@ class Method:
     """The row name in Dutt et al. 2024, where the method is in the paper."""
     paper_families: tuple[str, ...] | None = None
     """The families whose paper row ``paper_name`` is (``None``: every family of the method)."""
+    after_load: Callable[[nn.Module], None] | None = None
+    """Run by :func:`adapters.io.load_adapter` after the tensors are loaded (LoRA's residual-weight inits)."""
     after_step: Callable[[nn.Module, int], None] | None = None
     """``after_step(model, step)``: run by the training step after each optimizer step, before the
     gradients are cleared (AdaLoRA's rank re-allocation)."""

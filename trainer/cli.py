@@ -60,6 +60,8 @@ HELP: dict[str, str] = {
     "patience": "early stopping: epochs without a better validation score",
     "batch_size": "images per step (per process under torchrun)",
     "lr": "peak learning rate (AdamW, warm-up then cosine decay)",
+    "optimizer": "adamw, or loraplus (LoRA+: peft's create_loraplus_optimizer, LoRA's B at lr * ratio; lora/dora)",
+    "loraplus_lr_ratio": "LoRA+: learning-rate ratio of the B matrices to the A matrices",
     "weight_decay": "AdamW weight decay (weight matrices only; biases and norms get none)",
     "warmup_epochs": "linear learning-rate warm-up in epochs (fractions allowed)",
     "label_smoothing": "cross-entropy label smoothing (single-label tasks)",

@@ -77,6 +77,8 @@ class TrainConfig:
     patience: int = 5
     batch_size: int = 32
     lr: float = 1e-3
+    optimizer: str = "adamw"  # adamw | loraplus (peft's create_loraplus_optimizer; LoRA/DoRA only)
+    loraplus_lr_ratio: float = 16.0  # LoRA+: B matrices at lr * ratio
     layer_decay: float | None = None  # layer-wise lr decay (BEiT/MAE): block i at lr * decay^(L - i)
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
@@ -131,6 +133,9 @@ class TrainConfig:
         except MethodError as e:
             raise ConfigError(str(e)) from None
         check_hparams(method.name, self.hparams, method.defaults)
+        if self.optimizer == "loraplus" and self.method not in ("lora", "dora"):
+            raise ConfigError(f"optimizer loraplus (--optimizer) trains LoRA's B matrices faster: it needs method "
+                              f"lora or dora, not {self.method!r}")
         if self.output_dir is None:
             self.output_dir = default_output_dir(self.method, self.dataset)
         return self
@@ -164,12 +169,13 @@ RANGES: dict[str, tuple[float, float, bool]] = {
     "max_train_steps": (1, 10**9, False), "validation_steps": (0, 10**9, False),
     "num_inference_steps": (1, 1000, False), "guidance_scale": (0, 100, False), "fid_samples": (0, 10**7, False), "split_seed": (0, 2**32 - 1, False),
     "layer_decay": (0, 1, True), "drop_path": (0, 0.99, False), "label_fraction": (1, 100, False),
-    "mean": (0, 1, False), "std": (0, 10, True),
+    "mean": (0, 1, False), "std": (0, 10, True), "loraplus_lr_ratio": (0, 1e4, True),
     "min_group_size": (1, 10**9, False), "bootstrap_resamples": (0, 10**6, False),
 }
 CHOICES: dict[str, tuple[str, ...]] = {"task": ("classification", "generation"),
                                        "mixed_precision": ("auto", "no", "bf16", "fp16"), "labels_from": ("list", "dataset"),
-                                       "select_on": ("headline", "worst_group")}
+                                       "select_on": ("headline", "worst_group"),
+                                       "optimizer": ("adamw", "loraplus")}
 # Hyper-parameters shared by several methods: (low, high, low is exclusive). Method-specific values
 # (``targets``, ``bn_stats``) are checked by the method itself (trainer.preflight applies it first).
 HPARAM_RANGES: dict[str, tuple[float, float, bool]] = {

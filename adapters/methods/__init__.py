@@ -13,3 +13,10 @@ from . import unet  # noqa: F401
 from . import svdiff  # noqa: F401
 from . import difffit  # noqa: F401
 from . import unet_lora  # noqa: F401
+from . import bottleneck  # noqa: F401
+from . import convpass  # noqa: F401
+from . import fact  # noqa: F401
+from . import repadapter  # noqa: F401
+from . import mona  # noqa: F401
+from . import prefix  # noqa: F401
+from . import conv_adapter  # noqa: F401

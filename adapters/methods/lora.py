@@ -57,7 +57,7 @@ import re
 import torch
 from torch import nn
 
-from . import lora_depthwise, unet_lora
+from . import lora_depthwise, lora_init, unet_lora
 from ..core import (MethodError, family_of, freeze, head_name, is_depthwise_conv, is_vit_attention, modules_of_type,
                    unwrap)
 from ..registry import Method, register
@@ -201,16 +201,22 @@ def wrap_with_peft(model: nn.Module, config_cls, custom_modules: dict | None = N
 
 
 def _apply_lora(model: nn.Module, rank: int = 8, alpha: float = 8, dropout: float = 0.0, targets: str = "auto",
-                depthwise: bool = False, use_dora: bool = False) -> nn.Module:
+                depthwise: bool = False, use_dora: bool = False, init: str = "default",
+                rslora: bool = False) -> nn.Module:
     from peft import LoraConfig
 
     family = family_of(model)
+    init_kw = lora_init.config_kwargs(init, rslora, family)
     if depthwise and family != "cnn":
         raise MethodError(f"LoRA depthwise=True is for CNNs with depthwise convolutions, not a {family} backbone")
     if family == "unet":  # Stable Diffusion U-Net: diffusers' add_adapter (adapters.methods.unet_lora)
+        if init != "default" or rslora:
+            raise MethodError("LoRA init/rslora options are for classification backbones; the U-Net LoRA uses "
+                              "diffusers' gaussian init")
         return unet_lora.apply(model, rank=rank, alpha=alpha, dropout=dropout, targets=targets, use_dora=use_dora)
     if targets == "auto":
         targets = "qv" if family == "vit" else "conv"
+    model.medpeft_resolved = {"targets": targets}  # recorded as used
     freeze(model)  # BatchNorm pinned to eval mode; peft then freezes all but LoRA and the head copy
     if targets == "qv":
         split_qkv(model)
@@ -228,8 +234,14 @@ def _apply_lora(model: nn.Module, rank: int = 8, alpha: float = 8, dropout: floa
         raise MethodError(f"LoRA targets={targets!r} selects no module in {type(model).__name__}")
     # The head trains as peft's modules_to_save copy (core.train_head would also unfreeze the frozen
     # original that peft keeps beside it).
-    return wrap_with_peft(model, LoraConfig, custom_modules=custom, r=rank, lora_alpha=alpha, lora_dropout=dropout,
-                          use_dora=use_dora, target_modules=exact_names_regex(names), bias="none")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, use_dora=use_dora,
+                        target_modules=exact_names_regex(names), bias="none", **init_kw)
+    lora_init.before_wrap(model, config)
+    peft_model = wrap_with_peft(model, LoraConfig, custom_modules=custom, r=rank, lora_alpha=alpha,
+                                lora_dropout=dropout, use_dora=use_dora, target_modules=exact_names_regex(names),
+                                bias="none", **init_kw)
+    lora_init.after_wrap(peft_model, peft_model.peft_config["default"], init)
+    return peft_model
 
 
 def _apply_dora(model: nn.Module, **hp) -> nn.Module:
@@ -243,15 +255,16 @@ def merge_lora(model: nn.Module) -> nn.Module:
     return lora_depthwise.unmark_all(fuse_qkv(model.merge_and_unload()))
 
 
-_DEFAULTS = {"rank": 8, "alpha": 8, "dropout": 0.0, "targets": "auto"}
+_DEFAULTS = {"rank": 8, "alpha": 8, "dropout": 0.0, "targets": "auto", "init": "default", "rslora": False}
 
 register(Method(
     name="lora", families=("vit", "cnn", "unet"), apply=_apply_lora, merge=merge_lora,
     defaults={**_DEFAULTS, "depthwise": False},
-    export=unet_lora.export,
+    export=unet_lora.export, saved_buffers=lora_init.init_buffers, after_load=lora_init.restore_residual,
     summary="low-rank updates of W_q, W_v (ViT) / every stage's convolutions (CNN) + head",
     paper="Hu et al., LoRA, ICLR 2022", peft=True, identity_at_init=True, paper_name="lora"))
 register(Method(
     name="dora", families=("vit", "cnn"), apply=_apply_dora, merge=merge_lora, defaults=dict(_DEFAULTS),
+    saved_buffers=lora_init.init_buffers, after_load=lora_init.restore_residual,
     summary="weight-decomposed low-rank updates (magnitude + LoRA direction) + head",
     paper="Liu et al., DoRA, ICML 2024", peft=True, identity_at_init=True, paper_name=None))

@@ -44,6 +44,17 @@ PEFT_PREFIX = {"loha": "hada_", "lokr": "lokr_", "ia3": "ia3_l", "oft": "oft_R",
                "vera": "vera_lambda", "fourierft": "fourierft_spectrum", "vblora": "vblora_", "randlora": "randlora_",
                "shira": "shira_weight", "c3a": "c3a_kernel", "miss": "miss_", "delora": "delora_", "road": "road_",
                "hira": "hira_", "adalora": "lora_"}
+EXPECTED_TRAINABLE.update({
+    "adapter_houlsby": lambda n: re.search(r"\.(attn|mlp)\.branch\.(down|up)\.", n) is not None,
+    "adapter_pfeiffer": lambda n: re.search(r"\.mlp\.branch\.(down|up)\.", n) is not None,
+    "convpass": lambda n: re.search(r"\.(attn|mlp)\.branch\.(down|up|conv)\.", n) is not None,
+    "fact_tt": lambda n: n.startswith("fact."),
+    "fact_tk": lambda n: n.startswith("fact."),
+    "repadapter": lambda n: re.search(r"\.(qkv|fc1)\.adapter\.conv_[AB]\.", n) is not None,
+    "mona": lambda n: re.search(r"\.mona[12]\.", n) is not None,
+    "prefix_tuning": lambda n: n.endswith(("attn.prefix_k", "attn.prefix_v")),
+    "conv_adapter": lambda n: ".conv_adapter." in n,
+})
 EXPECTED_TRAINABLE.update({k: (lambda prefix: lambda n: f".{prefix}" in n)(v) for k, v in PEFT_PREFIX.items()})
 
 CASES = [pytest.param(name, fam, id=f"{name}-{fam}") for name, m in sorted(METHODS.items())

@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 
 from adapters import apply_method, count_params, create_backbone, data_config
 from adapters.io import AdapterConfig, save_adapter
+from adapters.methods.lora_init import init_batches
 
 from .checkpoint import epoch_seed, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
 from ..config import ConfigError, TrainConfig
 from ..data.transforms import cache_size_for
 from ..run_dir import RunDir, RunExistsError, RunResults
-from .optim import build_optimizer, build_scheduler, make_accelerator, train_step
+from .optim import build_optimizer, build_scheduler, make_accelerator, resolve_total_steps, train_step
 from .precision import config_runtime, loader_options, model_runtime, prepare_model
 from .assess import adapter_metrics, aggregate_assessments, assess_seed, card_calibration, evaluate, predict, \
     selection_score, worst_group_score, assessment_lines
@@ -220,11 +221,12 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     vit_pool = getattr(model, "global_pool", None)  # a ViT's pooling as built (recorded so inference matches)
     pooling = (vit_pool, not isinstance(getattr(model, "fc_norm", nn.Identity()), nn.Identity)) \
         if isinstance(vit_pool, str) else (None, None)
-    model = apply_method(model, cfg.method, **cfg.hparams)
+    train_dl, val_dl, test_dl = build_loaders(cfg, index, cache, dcfg, splits, seed)
+    with init_batches(train_dl):  # data-driven LoRA inits (EVA, CorDA, LoRA-GA) read the run's own batches
+        model = apply_method(model, cfg.method, **cfg.hparams)
     rt = model_runtime(cfg, model)
     model = prepare_model(model, rt)  # channels_last (CNNs on CUDA), --grad-checkpointing, --compile
     trainable, total = count_params(model)
-    train_dl, val_dl, test_dl = build_loaders(cfg, index, cache, dcfg, splits, seed)
     # ---- BEGIN linear probe on cached features (trainer/features.py) ------------------------------------
     # The frozen backbone runs once per split (features cached on disk, reused by later epochs, seeds and
     # HPO trials); the loop below then trains and evaluates a HeadOnly view - the model's own head module -
@@ -244,8 +246,9 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
     steps = math.ceil(len(train_dl) / accelerator.num_processes)
     if cfg.max_steps_per_epoch is not None:
         steps = min(steps, cfg.max_steps_per_epoch)
+    resolve_total_steps(model, cfg, cfg.epochs * steps)  # AdaLoRA's budget schedule spans the whole run
     opt = build_optimizer(model, lr=cfg.lr, weight_decay=cfg.weight_decay, layer_decay=cfg.layer_decay,
-                          fused=rt.fused_optimizer)
+                          fused=rt.fused_optimizer, optimizer=cfg.optimizer, loraplus_lr_ratio=cfg.loraplus_lr_ratio)
     sched = build_scheduler(opt, cfg.epochs, steps * accelerator.num_processes, cfg.warmup_epochs)
     loader_gen = getattr(train_dl, "generator", None)  # reseeded each epoch (exact resume)
     model, opt, train_dl, val_dl, test_dl, sched = accelerator.prepare(model, opt, train_dl, val_dl, test_dl, sched)
@@ -349,6 +352,8 @@ def train_seed(cfg: TrainConfig, index, cache, dcfg: dict, seed: int, run_dir: R
             dataset=cfg.dataset, metrics=adapter_metrics(val_best, test),
             temperature=assessment["calibration"]["temperature"], calibration=card_calibration(assessment),
             training={"seed": seed, "best_epoch": state["best_epoch"], "epochs": cfg.epochs, "lr": cfg.lr,
+                      "optimizer": cfg.optimizer, **({"loraplus_lr_ratio": cfg.loraplus_lr_ratio}
+                                                     if cfg.optimizer == "loraplus" else {}),
                       "batch_size": cfg.batch_size, "fraction": cfg.fraction,
                       "n_train": len(splits["train"]), "splits": "splits.json"})
         save_adapter(plain, run_dir.adapter_dir(seed), acfg)

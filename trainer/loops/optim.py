@@ -82,14 +82,23 @@ def layer_ids(model: nn.Module) -> tuple[dict[str, int], int]:
 
 
 def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
-                    layer_decay: float | None = None, fused: bool | None = None) -> torch.optim.AdamW:
+                    layer_decay: float | None = None, fused: bool | None = None, optimizer: str = "adamw",
+                    loraplus_lr_ratio: float = 16.0) -> torch.optim.AdamW:
     """AdamW over the trainable parameters only; weight decay on tensors of >= 2 dimensions (weights),
     none on biases, norms and other vectors. ``layer_decay`` (e.g. 0.65, BEiT/MAE): the parameters of
     layer id k (:func:`layer_ids`) train at ``lr * layer_decay ** (num_ids - 1 - k)``, the head at ``lr``.
     Every method's trainable parameters inside blocks (LoRA factors, adapters, biases, norms) follow
     their block. A model without ``blocks`` (a CNN) has one layer: ``layer_decay`` then changes nothing.
     ``fused``: torch's fused AdamW kernel (one launch for all tensors; CUDA, the loops' default there via
-    :mod:`trainer.loops.precision`); None/False: torch's default (foreach). The update is the same."""
+    :mod:`trainer.loops.precision`); None/False: torch's default (foreach). The update is the same.
+
+    ``optimizer="loraplus"`` (Hayou et al., "LoRA+: Efficient Low Rank Adaptation of Large Models", ICML
+    2024): peft's ``create_loraplus_optimizer`` (AdamW), LoRA's B matrices at ``lr * loraplus_lr_ratio``
+    (default 16, peft's example), A and the rest (head) at ``lr``; a model without LoRA B matrices is refused."""
+    if optimizer == "loraplus":
+        return _loraplus(model, lr, weight_decay, loraplus_lr_ratio)
+    if optimizer != "adamw":
+        raise ValueError(f"optimizer must be adamw or loraplus, not {optimizer!r}")
     ids, n_ids = layer_ids(model) if layer_decay is not None else ({}, 1)
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
@@ -102,6 +111,27 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float,
         group["params"].append(p)
     ordered = [groups[k] for k in sorted(groups, key=lambda k: (-k[1], k[0]))]
     return torch.optim.AdamW(ordered, lr=lr, **({"fused": True} if fused else {}))
+
+
+def _loraplus(model: nn.Module, lr: float, weight_decay: float, ratio: float):
+    from peft.optimizers import create_loraplus_optimizer
+
+    if not any(".lora_B." in n and p.requires_grad for n, p in model.named_parameters()):
+        raise ValueError("--optimizer loraplus needs LoRA B matrices (methods lora, dora); use adamw for "
+                         f"{getattr(model, 'medpeft_method', 'this method')}")
+    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW, lr=lr,
+                                     loraplus_lr_ratio=float(ratio), weight_decay=weight_decay)
+
+
+def resolve_total_steps(model: nn.Module, cfg, total: int) -> None:
+    """A method whose schedule needs the run's length (AdaLoRA's ``total_step``, 0 = the run's) gets it;
+    the value used is recorded with the hyper-parameters (medpeft.json)."""
+    inner = getattr(model, "module", model)
+    hp = getattr(inner, "medpeft_hparams", {})
+    if "total_step" not in hp or cfg.hparams.get("total_step") != 0:
+        return
+    hp["total_step"] = int(total)
+    inner.peft_config["default"].total_step = int(total)
 
 
 def build_scheduler(optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0):
@@ -126,22 +156,32 @@ def train_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: Call
     gradient norm to ``grad_clip`` (if set), optimizer step, scheduler step. Returns the detached loss.
 
     ``accelerator``: its autocast, backward and clipping (the loops); without one, plain torch
-    (``autocast``: a context-manager factory, e.g. bf16 ``torch.autocast`` in perf)."""
+    (``autocast``: a context-manager factory, e.g. bf16 ``torch.autocast`` in perf).
+
+    The method's own training hooks run here, for every method through this one step
+    (:func:`adapters.registry.extra_loss`: a regulariser added to the loss, e.g. AdaLoRA's orthogonality
+    term; :func:`adapters.registry.after_step`: after the optimizer step, while the gradients are still
+    there, e.g. AdaLoRA's ``update_and_allocate``)."""
+    from adapters.registry import after_step, extra_loss
+
     optimizer.zero_grad(set_to_none=True)
     ctx = autocast if autocast is not None else (accelerator.autocast if accelerator is not None
                                                  else contextlib.nullcontext)
     with ctx():
         logits = model(x)
     loss = loss_fn(logits.float(), y)
+    reg = extra_loss(model)
+    total = loss if reg is None else loss + reg.float()
     if accelerator is not None:
-        accelerator.backward(loss)
+        accelerator.backward(total)
     else:
-        loss.backward()
+        total.backward()
     if grad_clip:
         params = [p for p in model.parameters() if p.requires_grad]
         clip = accelerator.clip_grad_norm_ if accelerator is not None else torch.nn.utils.clip_grad_norm_
         clip(params, grad_clip)
     optimizer.step()
+    after_step(model)
     if scheduler is not None:
         scheduler.step()
     return loss.detach()

@@ -41,6 +41,7 @@ import yaml
 
 from ..cli import parse_config
 from ..config import ConfigError, TrainConfig
+from .method_space import method_space
 from ..run_dir import RunDir
 
 # Method hyper-parameter name -> (kind, args): "log" float range, "cat" choices.
@@ -82,6 +83,7 @@ def search_space(task: str, method: str, hparams: Iterable[str] = (), fixed: Ite
     """Name -> (kind, args) of everything searched for ``method``; names in ``fixed`` are left as set."""
     space: dict[str, tuple[str, Any]] = {"lr": ("log", lr_range(task, method)), "weight_decay": ("log", WEIGHT_DECAY)}
     space.update({k: SEARCH_SPACE[k] for k in hparams if k in SEARCH_SPACE})
+    space.update(method_space(method, hparams))  # the catalogue's per-method dimensions (study/method_space.py)
     fixed = set(fixed)
     return {k: v for k, v in space.items() if k not in fixed}
 
@@ -211,13 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         return hpo_generation.main(sys.argv[1:] if argv is None else argv)
 
     from ..__main__ import user_errors
+    from ..cli import Parser
     from ..preflight import check_number, check_storage_url, describe_storage_error, preflight
     from .storage import StudyError
 
-    from ..cli import Parser
-
     p = Parser(prog="python -m trainer.hpo", description=__doc__.split("\n\n")[0],
-                                epilog="All other flags are the trainer's (python -m trainer --help).")
+               epilog="All other flags are the trainer's (python -m trainer --help).")
     p.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     p.add_argument("--storage", default=None, help="optuna storage URL, e.g. postgresql://user@host/db "
                                                    "(default: sqlite in the study folder)")
