@@ -29,7 +29,8 @@ from pathlib import Path
 
 import yaml
 
-from ..config import ConfigError, TrainConfig, parse_config
+from ..cli import parse_config
+from ..config import ConfigError, TrainConfig
 from . import hpo
 
 DIRECTIONS = {"fid": "minimize", "kid": "minimize", "memorization": "minimize", "ms_ssim": "minimize",
