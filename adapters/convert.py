@@ -42,10 +42,14 @@ class FoundationViT(VisionTransformer):
     (CLIP). ``num_features`` / ``head_hidden_size`` is the embedding size, so a fresh head fits it."""
 
     pooling: str = "token"
+    # Position embeddings are resampled (dynamic_img_size) with the model's own prefix tokens (class,
+    # registers), not ``num_prefix_tokens``, which prompt methods (VPT) grow: safe for them.
+    prefix_safe_pos_embed = True
 
     def setup(self, pooling: str, proj: nn.Module | None = None, out_dim: int | None = None) -> None:
         self.pooling = pooling
         self.proj = proj
+        self.base_prefix_tokens = self.num_prefix_tokens
         width = self.embed_dim * 2 if pooling == "cls_avg" else self.embed_dim
         self.num_features = self.head_hidden_size = out_dim or width
 
@@ -59,6 +63,20 @@ class FoundationViT(VisionTransformer):
             x = self.proj(x)
         x = self.head_drop(x)
         return x if pre_logits else self.head(x)
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic_img_size:
+            return super()._pos_embed(x)
+        from timm.layers import resample_abs_pos_embed
+
+        b, h, w, c = x.shape  # timm's dynamic path (bicubic, antialias), prefix = class + register tokens
+        prefix = 0 if self.no_embed_class else self.base_prefix_tokens
+        pos = resample_abs_pos_embed(self.pos_embed, (h, w), old_size=self.patch_embed.grid_size,
+                                     num_prefix_tokens=prefix)
+        x = x.view(b, -1, c)
+        tokens = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        x = torch.cat(tokens + [x + pos], dim=1) if self.no_embed_class else torch.cat(tokens + [x], dim=1) + pos
+        return self.pos_drop(x)
 
     def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         if global_pool is not None and global_pool != self.global_pool:

@@ -68,7 +68,9 @@ class Preset:
     def row(self) -> dict[str, Any]:
         """Every column, JSON-able (``python -m adapters backbones --json``)."""
         d = asdict(self)
-        d.update(non_commercial=self.non_commercial, url=self.url, architecture=architecture_summary(self))
+        d.update(non_commercial=self.non_commercial, url=self.url, architecture=architecture_summary(self),
+                 format=self.source, image_size=self.img_size,
+                 normalization={"mean": list(self.mean), "std": list(self.std)})
         return d
 
 

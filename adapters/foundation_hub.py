@@ -88,6 +88,10 @@ def _weight_files(preset: Preset, files: list[str]) -> list[str]:
     for name in order:
         if name in files:
             return [name]
+    if preset.source == "mae":  # the repo's one checkpoint file, whatever its name
+        found = [f for f in files if f.endswith((".pth", ".pt", ".bin", ".safetensors"))]
+        if len(found) == 1:
+            return found
     raise FoundationAccessError(f"{preset.hub_id} has none of the weight files {order}")
 
 

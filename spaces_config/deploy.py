@@ -56,6 +56,17 @@ def stage(files: dict[str, Path], folder: Path) -> None:
         shutil.copy2(src, out)
 
 
+def space_card(text: str, sd_base: str | None) -> str:
+    """The Space card with ``sd_base`` (MEDPEFT_SD_BASE, a Hub id) added to ``preload_from_hub``, so the
+    Stable Diffusion base is downloaded when the Space is built, not on the first generation."""
+    if not sd_base or "/" not in sd_base or sd_base.startswith(("/", ".", "~")) or f"  - {sd_base}\n" in text:
+        return text
+    for key in ("models:\n", "preload_from_hub:\n"):  # preloaded models are listed as the Space's models too
+        head, sep, rest = text.partition(key)
+        text = head + sep + f"  - {sd_base}\n" + rest if sep else text
+    return text
+
+
 def parse_variables(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
@@ -94,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     url = api.create_repo(args.repo, repo_type="space", space_sdk="gradio", private=args.private, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="medpeft-space-") as tmp:
         stage(files, Path(tmp))
+        card = Path(tmp) / "README.md"
+        card.write_text(space_card(card.read_text(encoding="utf-8"), variables.get("MEDPEFT_SD_BASE")),
+                        encoding="utf-8")
         api.upload_folder(folder_path=tmp, repo_id=args.repo, repo_type="space", commit_message=args.message,
                           delete_patterns=["adapters/*.py", "trainer/*.py"])  # stale sources (fnmatch: * spans /)
     for key, value in variables.items():

@@ -136,7 +136,7 @@ class RunResults:
     @classmethod
     def of_adapter(cls, folder: str | os.PathLike) -> "RunResults | None":
         """The results of the run whose best adapter is ``folder`` (``<run>/seed_N/adapter`` or
-        ``<run>/adapter``); ``None`` when the folder is not a run's ``adapter_dir``."""
+        ``<run>/adapter``); ``None`` when the folder is not a run's ``adapter_dir`` (or is an HPO trial's)."""
         folder = Path(folder).resolve()
         for parent in list(folder.parents)[:3]:
             if (parent / RESULTS_NAME).is_file():
@@ -144,7 +144,8 @@ class RunResults:
                     found = cls.read(parent)
                 except ResultsError:
                     return None
-                return found if found.adapter_path == folder else None
+                # an HPO trial's results (validation only) describe no finished model: not a card's source
+                return found if found.adapter_path == folder and found.data.get("kind") != TRIAL_KIND else None
         return None
 
     @property

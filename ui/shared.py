@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from trainer.jobs.private import duration_text
+
 from . import views
 from .state import ALL, AppState, OutputFiles
 
@@ -32,15 +34,27 @@ class AdapterPickers:
         subset = state.filtered(dataset, task)
         keys = [a.key for a in subset]
         datasets = state.datasets()
-        # Keep the server-side components in step so API calls validate against the new list.
-        self.compare_box.choices = views.choices(state.classifiers())
-        self.gen_adapter.choices = views.generator_choices(state.generators())
+        if not state.public:  # one user: keep the server-side components in step so API calls validate
+            self.compare_box.choices = views.choices(state.classifiers())  # (public mode: the session's
+            self.gen_adapter.choices = views.generator_choices(state.generators())  # own copy, below)
         return {self.dataset_dd: gr.update(choices=datasets, value=dataset if dataset in datasets else ALL),
                 self.adapter_dd: gr.update(choices=views.choices(subset),
                                            value=current if current in keys else (keys[0] if keys else None)),
                 self.compare_box: gr.update(choices=views.choices(state.classifiers()), value=[]),
                 self.gen_adapter: gr.update(choices=views.generator_choices(state.generators())),
-                self.status_md: views.adapter_status(state.adapters, state.adapters_dir, bool(state.hub_repos))}
+                self.status_md: adapter_status(state)}
+
+
+def adapter_status(state: AppState) -> str:
+    """The adapter status line; in public mode it names no server folder and counts the visitor's own."""
+    if not state.public:
+        return views.adapter_status(state.adapters, state.adapters_dir, bool(state.hub_repos))
+    text = views.adapter_status(state.adapters, "the server's adapter folder", bool(state.hub_repos))
+    text = text.replace("`the server's adapter folder`", "the server's adapter folder")
+    n = len(state.private_adapters())
+    ttl = state.settings.private_ttl
+    keep = duration_text(ttl)
+    return text + (f"; {n} of them yours (private to you, deleted {keep} after training)" if n else "")
 
 
 @dataclass

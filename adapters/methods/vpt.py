@@ -75,8 +75,8 @@ class DeepPromptBlock(nn.Module):
 def _apply_vpt(model: nn.Module, num_prompts: int = 10, dropout: float = 0.0, deep: bool = False) -> nn.Module:
     if num_prompts < 1:
         raise MethodError(f"num_prompts must be >= 1, not {num_prompts}")
-    if getattr(model, "dynamic_img_size", False):
-        raise MethodError("VPT does not support ViTs built with dynamic_img_size=True")
+    if getattr(model, "dynamic_img_size", False) and not getattr(model, "prefix_safe_pos_embed", False):
+        raise MethodError("VPT does not support ViTs built with dynamic_img_size=True")  # (foundation presets are)
     if isinstance(model.norm_pre, PromptedNormPre):
         raise MethodError("VPT is already applied to this model")
     freeze(model)

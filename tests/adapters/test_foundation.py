@@ -27,11 +27,15 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDPEFT_CACHE", str(tmp_path / "medpeft-cache"))
 
 
+SMALL = dict(embed_dim=32, depth=2, num_heads=2)  # a small model of the family: the repo's config says so
+
+
 def _swiglu_args():
     from timm.layers import SwiGLUPacked
 
     return dict(init_values=1e-5, reg_tokens=4, mlp_ratio=5.3375, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU,
-                dynamic_img_size=True)
+                dynamic_img_size=True, **SMALL)
+
 
 
 # (case, preset, builder, builder kwargs, input size)
@@ -45,10 +49,10 @@ CASES = [
     ("open_clip", "biomedclip", R.open_clip_repo, {}, 224),
     ("open_clip-native", "biomedclip", R.open_clip_repo, {"timm_model": None, "quick_gelu": True,
                                                           "ls_init_value": 0.1}, 32),
-    ("timm-uni", "uni", R.timm_repo, {"init_values": 1e-5, "dynamic_img_size": True}, 224),
-    ("timm-virchow2", "virchow2", R.timm_repo, {"pooling": "cls_avg", **_swiglu_args()}, 224),
+    ("timm-uni", "uni", R.timm_repo, {"init_values": 1e-5, "dynamic_img_size": True, "img_size": 64, **SMALL}, 64),
+    ("timm-virchow2", "virchow2", R.timm_repo, {"pooling": "cls_avg", "img_size": 64, **_swiglu_args()}, 64),
 ]
-SLOW = {"open_clip", "timm-uni", "timm-virchow2"}  # ViT-Tiny towers at 224 px: seconds each
+SLOW = {"open_clip"}  # ViT-Tiny (5M parameters) at 224 px: seconds
 
 
 @pytest.mark.parametrize("case,preset,builder,kwargs,size",
@@ -77,6 +81,18 @@ def test_dinov2_other_size_interpolates_as_transformers(tmp_path, registers):
     x = torch.randn(2, 3, 56, 56)
     with torch.no_grad():
         assert (model(x) - embed(x)).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize("regs", [0, 4])
+def test_dynamic_img_size_resamples_as_timm(tmp_path, regs):
+    """UNI / Virchow2 keep their authors' dynamic_img_size: any input size, resampled as timm does."""
+    folder, embed = R.timm_repo(tmp_path / "repo", init_values=1e-5, dynamic_img_size=True, img_size=64,
+                                reg_tokens=regs, no_embed_class=regs > 0, **SMALL)
+    model = create_backbone("uni", 0, init_checkpoint=str(folder)).eval()
+    for size in (64, 96):
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            assert (model(x) - embed(x)).abs().max().item() < 1e-4
 
 
 def test_siglip_other_size_interpolates_as_transformers(tmp_path):

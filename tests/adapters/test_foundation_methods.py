@@ -19,18 +19,18 @@ def _swiglu_registers():
     from timm.layers import SwiGLUPacked
 
     return dict(init_values=1e-5, reg_tokens=4, mlp_ratio=5.3375, mlp_layer=SwiGLUPacked, act_layer=torch.nn.SiLU,
-                dynamic_img_size=True, patch_size=32)
+                dynamic_img_size=True, patch_size=16, embed_dim=32, depth=2, num_heads=2)
 
 
 BASES = {  # case -> (preset, builder, kwargs, input size)
     "rad-dino": ("rad-dino", R.dinov2_repo, {"swiglu": True}, 28),  # LayerScale + SwiGLU
     "dinov2-reg-base": ("dinov2-reg-base", R.dinov2_repo, {"registers": 4}, 28),  # LayerScale + registers
     "medsiglip": ("medsiglip", R.siglip_repo, {}, 32),  # no class token, attention-pool head
-    "biomedclip": ("biomedclip", R.open_clip_repo, {}, 224),  # open_clip timm tower + image projection
+    "biomedclip": ("biomedclip", R.open_clip_repo, {"timm_model": "test_vit"}, 160),  # timm tower + projection
     "clip-native": ("biomedclip", R.open_clip_repo, {"timm_model": None}, 32),  # open_clip's own ViT
     "virchow2": ("virchow2", R.timm_repo, {"pooling": "cls_avg", **_swiglu_registers()}, 64),  # timm, CLS ++ mean
 }
-FAST = {"rad-dino"}  # the others run in the full suite (pytest -m slow)
+FAST = {"rad-dino", "virchow2"}  # the others run in the full suite (pytest -m slow)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,8 @@ def repos(tmp_path_factory):
 
 CASES = [pytest.param(base, method, marks=[] if base in FAST else [pytest.mark.slow])
          for base in BASES for method in ("lora", "ssf", "adaptformer")]
-CASES += [pytest.param("dinov2-reg-base", "vpt_shallow"), pytest.param("dinov2-reg-base", "vpt_deep")]
+CASES += [pytest.param("dinov2-reg-base", "vpt_shallow"), pytest.param("dinov2-reg-base", "vpt_deep"),
+          pytest.param("virchow2", "vpt_deep")]  # registers + dynamic_img_size (timm's authors' args)
 
 
 @pytest.mark.parametrize("base,method", CASES)

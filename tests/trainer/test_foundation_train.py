@@ -51,3 +51,29 @@ def test_trainer_lora_on_a_local_rad_dino_copy(tmp_path, monkeypatch):
     with torch.no_grad():
         ref = torch.softmax(model(transforms_for(acfg)(image).unsqueeze(0))[0], 0)
     assert [probs[c] for c in acfg.class_names] == pytest.approx(ref.tolist(), abs=1e-5)
+
+
+def test_train_tab_offers_presets_where_the_hub_is_reachable():
+    from trainer.config import ConfigError
+    from trainer.jobs import options
+
+    offline = [v for _, v in options.backbone_choices(reachable=False)]
+    online = [v for _, v in options.backbone_choices(reachable=True)]
+    assert "rad-dino" not in offline and {"rad-dino", "medsiglip", "biomedclip", "uni"} <= set(online)
+    assert "mrm" not in online  # no Hub repo: a file for --init-checkpoint
+    label = dict((v, k) for k, v in options.backbone_choices(reachable=True))["uni"]
+    assert "cc-by-nc-nd-4.0" in label and "gated" in label
+    cfg = options.form_config(backbone="rad-dino", method="lora", epochs=1, batch_size=4, lr=1e-3, img_size=224)
+    assert cfg.backbone == "rad-dino"
+    with pytest.raises(ConfigError, match="foundation preset"):
+        options.form_config(backbone="no-such-model", method="lora", epochs=1, batch_size=4, lr=1e-3, img_size=224)
+
+
+def test_trainer_help_names_the_presets(capsys):
+    try:
+        trainer_main(["--help"])
+    except SystemExit:
+        pass
+    out = " ".join(capsys.readouterr().out.split())  # help text wraps lines
+    for name in ("rad-dino", "biomedclip", "medsiglip", "uni2-h", "virchow2", "retfound-cfp"):
+        assert name in out

@@ -10,27 +10,31 @@ stated.
 The score of an image ``q`` (generated, or held-out real) against the training set, per channel:
 
 - **pixel:** grey, 64 px, Gaussian-blurred (sigma 1 px: noise), the central 75 % window sampled on a
-  24 x 24 grid and standardised (mean 0, norm 1: brightness and contrast). ``q`` is resampled under 175
-  alignments (zoom 0.9-1.3, also per axis: crops and aspect changes; offsets up to 6 % of the width:
-  shifts) and the best normalised cross-correlation with each training image is kept; distance =
-  1 - NCC. Like SSCD's copy-detection descriptor, invariant to the edits that make a "near-copy".
+  24 x 24 grid and standardised (mean 0, norm 1: brightness and contrast). ``q`` is resampled under 343
+  alignments (zoom 0.9-1.3, also per axis: crops and aspect changes; offsets up to 12 % of the width:
+  shifts), then the 11 best-matching training images get two rounds of local refinement (steps 4 % and
+  2 %); the best normalised cross-correlation is kept and distance = 1 - NCC. Like SSCD's copy-detection
+  descriptor, it is invariant to the edits that make a "near-copy" (a Carlini-style tile-L2 is not).
 - **feature:** cosine distance of the extractor's features, centred on the training mean.
 
 Each channel's nearest distance ``d_1`` is divided by the mean distance of the next k = 10 neighbours
 (Carlini et al.'s relative distance): a copy has one training image much closer than the rest, a novel
 image of the same kind (every chest radiograph resembles every other) has many at similar distances.
-The log of that ratio is standardised on the held-out real images (median, MAD) and the two channels'
-minimum is the score: lower = more like a copy.
 
 Calibration: the held-out real images (the ``--real`` set, never trained on; exact duplicates of training
-images are dropped from it) are scored the same way. The threshold is the ``fpr`` quantile of their
-scores (default 1 %), and never above the robust normal estimate of that quantile (median + 1.4826 MAD
-z_fpr): with few held-out images the empirical quantile is their minimum. Stated with it: the target
-rate, the held-out images' own flag rate, and a leave-one-out estimate of the false-positive rate.
+images are dropped from it) are scored the same way. Each channel's threshold on the log relative
+distance is its lower ``fpr / channels`` quantile over them (a union bound: the channels' false-positive
+rates add up to at most ``fpr``, default 1 %): the empirical quantile, or, lower, its extrapolation from
+an exponential tail fitted to the lowest 20 % (a few held-out images cannot show a 1 % quantile). An
+image is flagged when any channel falls below its threshold; its score is the lowest channel margin in
+held-out spreads (< 0 = flagged). Stated with it: the target rate, the held-out images' own flag rate,
+a leave-one-out estimate of the false-positive rate, and 1/(n+1), the smallest rate n held-out images
+can show.
 """
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 
@@ -113,7 +117,10 @@ def pixel_similarity(query: torch.Tensor, train_desc: torch.Tensor, batch: int =
     v = len(coarse)
     out = torch.empty(len(query), len(train_desc))
     x = _blur(query.float())
-    for i in range(0, len(x), batch):
+    from tqdm.auto import tqdm
+
+    for i in tqdm(range(0, len(x), batch), desc="nearest training images", unit="batch", dynamic_ncols=True,
+                  disable=len(x) * len(train_desc) < 200_000):
         q = x[i:i + batch]
         b = len(q)
         desc = _sample(q, coarse[None].expand(b, -1, -1)).reshape(b * v, -1)

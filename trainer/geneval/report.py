@@ -106,7 +106,7 @@ def evaluate(real, fakes: dict[str, object], train=None, prompts: dict[str, list
                 if not rows:  # nothing flagged: show the closest pairs, so a reader can judge
                     closest = sorted(mem["per_image"], key=lambda r: r["score"])[:8]
                     rows = [{"fake": fake.names.index(r["image"]), "train": r["nearest_index"],
-                             "label": _label(r, mem) + " (not flagged)"} for r in closest]
+                             "label": _label(r, mem) + ", not flagged"} for r in closest]
                     title = f"{name}: none flagged; the 8 closest pairs"
                 sheet = contact_sheet(rows, fake, train_set, Path(out_dir) / f"memorization_{_slug(name)}.png", title)
                 mem["contact_sheet"] = str(sheet) if sheet else None
@@ -120,7 +120,8 @@ def evaluate(real, fakes: dict[str, object], train=None, prompts: dict[str, list
 
 def _label(row: dict, mem: dict) -> str:
     by = row["by"]
-    return f"{by}: relative distance {row[by + '_relative']:.3f} (threshold {mem['thresholds'][by]:.3f})"
+    return f"{by} relative distance {row[by + '_relative']:.3f} < {mem['thresholds'][by]:.3f}" if row["flagged"] \
+        else f"{by} relative distance {row[by + '_relative']:.3f} (threshold {mem['thresholds'][by]:.3f})"
 
 
 def _slug(name: str) -> str:

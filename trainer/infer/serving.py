@@ -16,7 +16,9 @@ How it shares, generically over the registry (:mod:`adapters.registry`; nothing 
 - What the method trains (trainable parameters, :attr:`Method.saved_buffers` such as BatchNorm statistics,
   the tensors peft's state dict holds) is made private to the structure; frozen tensors the method built by
   copying base weights (LoRA's split q/k/v) are found by value and turned back into views of the base
-  tensors. Every tensor the structure does not share with the base then lives in one flat slot per dtype.
+  tensors. What an adapter file writes then lives in one flat slot per dtype (a tensor the first load writes
+  that was not foreseen joins them: version counters tell); other tensors the method made (e.g. BOFT's
+  permutations) are the structure's constants, kept once.
 - **Each adapter** is its tensors (read with :func:`adapters.io.load_adapter_weights`, which checks names
   and shapes, into the slots) kept as one flat copy per dtype; its config carries its class names and
   calibration temperature. **Switching** adapters of one structure copies that flat tensor into the slots:
@@ -53,6 +55,18 @@ from adapters.io import WEIGHTS_NAME, AdapterConfig, apply_method, is_peft, load
 from .store import InferenceError
 
 log = logging.getLogger(__name__)
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``): building a structure allocates and
+    frees copies (e.g. LoRA's split q/k/v before they become views of the base), which would otherwise stay
+    in the process's resident size."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl, Windows): nothing to do
+        pass
 
 
 def _storage(t: torch.Tensor) -> tuple:
@@ -97,7 +111,7 @@ def aliasing_copy(base: nn.Module) -> nn.Module:
     return copy.deepcopy(base, memo)
 
 
-def _base_chunk(t: torch.Tensor, by_shape: dict) -> torch.Tensor | None:
+def base_chunk(t: torch.Tensor, by_shape: dict) -> torch.Tensor | None:
     """A view of a base tensor equal to ``t`` (the tensor itself, or a block of its leading rows)."""
     for w in by_shape.get((t.dtype, t.device, tuple(t.shape[1:])), ()):
         rows = t.shape[0] if t.dim() else 1
@@ -115,7 +129,9 @@ def _base_chunk(t: torch.Tensor, by_shape: dict) -> torch.Tensor | None:
 
 @dataclass
 class Structure:
-    """A method applied once to a shared base; ``flats`` hold the tensors it does not share with the base."""
+    """A method applied once to a shared base. ``flats`` hold what an adapter file writes (swapped per
+    adapter); ``constants`` are the other tensors the method made that are not the base's (e.g. BOFT's
+    permutations): the same for every adapter of the structure, kept once."""
 
     key: tuple
     model: nn.Module
@@ -124,10 +140,23 @@ class Structure:
     aliased_views: int         # frozen tensors the method copied from the base, turned back into views
     active: str | None = None  # the adapter whose tensors are in the slots
     adapters: set = field(default_factory=set)
+    constants: list = field(default_factory=list)
 
     @property
     def private_bytes(self) -> int:
-        return _nbytes(self.flats.values())
+        return _nbytes(self.flats.values()) + _nbytes(self.constants)
+
+    def load(self, path: Path) -> None:
+        """Read an adapter file into this structure (:func:`adapters.io.load_adapter_weights`: names and
+        shapes checked). A constant the load wrote to (its version counter moved) becomes a slot: what a
+        file writes is always swapped per adapter."""
+        versions = [t._version for t in self.constants]
+        load_adapter_weights(self.model, path)
+        written = [t for t, v in zip(self.constants, versions) if t._version != v]
+        if written:
+            ids = {id(t) for t in written}
+            self.constants = [t for t in self.constants if id(t) not in ids]
+            self.flats = _assemble(self.model, _slot_tensors(self.model, self.flats) + written)
 
 
 def _adapter_tensor_ids(model: nn.Module) -> set[int]:
@@ -146,6 +175,37 @@ def _adapter_tensor_ids(model: nn.Module) -> set[int]:
     return ids
 
 
+def _assemble(model: nn.Module, tensors: list[torch.Tensor]) -> dict[tuple, torch.Tensor]:
+    """Move ``tensors`` (bound in ``model``) into one flat tensor per (dtype, device); each module attribute
+    then holds a view of it. Returns the flats."""
+    entries = _entries(model)
+    groups: dict[tuple, list] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, str(t.device)), []).append(t)
+    flats = {}
+    for gkey, ts in groups.items():
+        flat = torch.empty(sum(t.numel() for t in ts), dtype=ts[0].dtype, device=ts[0].device)
+        offset = 0
+        for t in ts:
+            view = flat[offset:offset + t.numel()].view(t.shape)
+            view.copy_(t.detach())
+            _rebind(entries, t, view)
+            offset += t.numel()
+        flats[gkey] = flat
+    return flats
+
+
+def _slot_tensors(model: nn.Module, flats: dict[tuple, torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors bound in ``model`` that are views of ``flats``."""
+    ptrs = {_storage(f) for f in flats.values()}
+    out, seen = [], set()
+    for _, _, t, _ in _entries(model):
+        if _storage(t) in ptrs and id(t) not in seen:
+            seen.add(id(t))
+            out.append(t)
+    return out
+
+
 def build_structure(base: nn.Module, key: tuple, method: str, hparams: dict, num_classes: int | None,
                     device: torch.device) -> Structure:
     """Apply ``method`` once to an aliasing copy of ``base`` and move what it owns into flat slots."""
@@ -162,7 +222,7 @@ def build_structure(base: nn.Module, key: tuple, method: str, hparams: dict, num
     by_shape: dict[tuple, list] = {}
     for t in list(base.parameters()) + list(base.buffers()):
         by_shape.setdefault((t.dtype, t.device, tuple(t.shape[1:])), []).append(t.detach())
-    seen, private, shared, aliased = set(), [], 0, 0
+    seen, slots, constants, shared, aliased = set(), [], [], 0, 0
     for _module, _name, t, _is_param in entries:
         if id(t) in seen:
             continue
@@ -173,27 +233,16 @@ def build_structure(base: nn.Module, key: tuple, method: str, hparams: dict, num
                 continue
             # the method trains a tensor of the base itself (BitFit's biases, BatchNorm statistics): own copy
         elif id(t) not in trained:
-            view = _base_chunk(t.detach(), by_shape)
+            view = base_chunk(t.detach(), by_shape)
             if view is not None:
                 _rebind(entries, t, view)
                 shared += t.numel() * t.element_size()
                 aliased += 1
                 continue
-        private.append(t)
-    groups: dict[tuple, list] = {}
-    for t in private:
-        groups.setdefault((t.dtype, str(t.device)), []).append(t)
-    flats = {}
-    for gkey, ts in groups.items():
-        flat = torch.empty(sum(t.numel() for t in ts), dtype=ts[0].dtype, device=ts[0].device)
-        offset = 0
-        for t in ts:
-            view = flat[offset:offset + t.numel()].view(t.shape)
-            view.copy_(t.detach())
-            _rebind(entries, t, view)
-            offset += t.numel()
-        flats[gkey] = flat
-    return Structure(key=key, model=model, flats=flats, shared_bytes=shared, aliased_views=aliased)
+        (slots if id(t) in trained else constants).append(t)
+    flats = _assemble(model, slots)
+    return Structure(key=key, model=model, flats=flats, shared_bytes=shared, aliased_views=aliased,
+                     constants=constants)
 
 
 @dataclass
@@ -223,6 +272,7 @@ class ServedAdapter:
 
     @property
     def bytes(self) -> int:
+        """What this adapter holds of its own (its tensors, kept for switching)."""
         return _nbytes(self.tensors.values())
 
 
@@ -281,6 +331,7 @@ class AdapterServer:
             if key not in base.structures:  # reads the base only: requests on it go on meanwhile
                 base.structures[key] = build_structure(base.model, key, cfg.method, dict(cfg.hparams or {}), n,
                                                        self.device)
+                release_freed_memory()
             return base.structures[key]
 
     def load(self, folder: str | Path, config: AdapterConfig | None = None, key: str | None = None) -> ServedAdapter:
@@ -304,7 +355,12 @@ class AdapterServer:
             try:
                 structure = self.structure(base, cfg)
                 with base.lock:
-                    load_adapter_weights(structure.model, folder / WEIGHTS_NAME)
+                    layout = {k: f.numel() for k, f in structure.flats.items()}
+                    structure.load(folder / WEIGHTS_NAME)
+                    if layout != {k: f.numel() for k, f in structure.flats.items()} and structure.adapters:
+                        for other in list(structure.adapters):  # their tensors no longer fit the slots: reload
+                            self.adapters.pop(other, None)
+                        structure.adapters.clear()
                     tensors = {k: f.clone() for k, f in structure.flats.items()}
                     structure.active = key
             except MethodError as e:
@@ -397,7 +453,7 @@ class AdapterServer:
 
     # -- accounting
     def memory(self) -> dict[str, int]:
-        """Bytes held: bases, structures' private slots, adapters' own tensors, merged copies."""
+        """Bytes held: bases, structures' own tensors (slots + constants), adapters' own tensors, merged copies."""
         return {"bases": sum(b.bytes for b in self.bases.values()),
                 "structures": sum(s.private_bytes for b in self.bases.values() for s in b.structures.values()),
                 "adapters": sum(a.bytes for a in self.adapters.values()),

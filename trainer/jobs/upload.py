@@ -136,16 +136,44 @@ def check_dataset(root: str | os.PathLike, dataset: str = "imagefolder",
 
 
 def inside(folder: Path, roots: list[Path]) -> bool:
+    """``folder`` (resolved: symlinks and ``..`` followed) lies in one of ``roots`` (resolved too)."""
     folder = folder.resolve()
     return any(folder == r or r in folder.parents for r in (Path(r).expanduser().resolve() for r in roots))
 
 
+OUTSIDE = ("that folder is outside the folders this server trains from (its data roots): choose one under them, "
+           "or upload a zip")
+NO_SERVER_DATA = "this server trains only on uploaded zips: choose 'uploaded zip' and upload one folder per class"
+
+
+def confine(data_dir: str, data_roots: list[str | os.PathLike] | None, public: bool = False) -> Path:
+    """The server folder ``data_dir`` if it may be read: under one of ``data_roots`` once resolved (a
+    relative folder is taken below each root in turn); without roots any folder in local mode and
+    none in public mode. Refusals are one line naming no path (``DataError``)."""
+    roots = [Path(r).expanduser() for r in (data_roots or [])]
+    if public and not roots:
+        raise DataError(NO_SERVER_DATA)
+    folder = Path(str(data_dir).strip()).expanduser()
+    if not roots:
+        if not folder.is_dir():
+            raise DataError(f"{folder} is not a folder on the server")
+        return folder
+    candidates = [folder] if folder.is_absolute() else [root / folder for root in roots]
+    for candidate in candidates:
+        if inside(candidate, roots) and candidate.resolve().is_dir():
+            return candidate.resolve()
+    if any(inside(c, roots) for c in candidates):
+        raise DataError("that folder does not exist under this server's data roots")
+    raise DataError(OUTSIDE)
+
+
 def resolve_dataset(zip_file: str | os.PathLike | None, dataset: str | None, data_dir: str | None,
-                    work: str | os.PathLike, data_roots: list[str | os.PathLike] | None = None
-                    ) -> tuple[str, Path, DatasetCheck]:
+                    work: str | os.PathLike, data_roots: list[str | os.PathLike] | None = None,
+                    public: bool = False) -> tuple[str, Path, DatasetCheck]:
     """(dataset name, data folder, check) for the uploaded zip (``dataset == UPLOAD``, extracted into
-    ``work``) or a registered dataset in ``data_dir`` on the server. ``data_roots``: the folders a
-    registered dataset may be read from (empty or None: any folder)."""
+    ``work``) or a registered dataset in ``data_dir`` on the server, confined to ``data_roots``
+    (:func:`confine`). In ``public`` mode a server dataset that cannot be used is refused in one
+    line that names no file or folder of it."""
     dataset = (dataset or UPLOAD).strip()
     if dataset == UPLOAD:
         if not zip_file:
@@ -155,13 +183,21 @@ def resolve_dataset(zip_file: str | os.PathLike | None, dataset: str | None, dat
             raise DataError(f"{Path(zip_file).name} is not a .zip file")
         root = dataset_root(safe_extract_zip(zip_file, Path(work) / "upload"))
         return "imagefolder", root, check_dataset(root)
+    if public and not data_roots:
+        raise DataError(NO_SERVER_DATA)
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
     if not str(data_dir or "").strip():
         raise DataError(f"enter the folder that holds {dataset} on the server (Data dir)")
-    folder = Path(str(data_dir).strip()).expanduser()
-    if data_roots and not inside(folder, [Path(r) for r in data_roots]):
-        raise DataError(f"{folder} is outside the folders this server trains from (MEDPEFT_DATA_ROOTS)")
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder on the server")
-    return dataset, folder, check_dataset(folder, dataset)
+    folder = confine(str(data_dir), data_roots, public)
+    if not public:
+        return dataset, folder, check_dataset(folder, dataset)
+    try:
+        check = check_dataset(folder, dataset)
+    except (DataError, UploadError, OSError):
+        raise DataError(f"could not read {dataset} from that folder (see the dataset's expected layout in the "
+                        "README)") from None
+    if not check.ok:
+        raise DataError(f"cannot train on {dataset} from that folder: it needs at least two classes with at least "
+                        f"{MIN_PER_CLASS} images each")
+    return dataset, folder, check

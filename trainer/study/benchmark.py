@@ -371,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = run_grid(args.grid, args.results_dir, args.worker_id, args.storage, args.heartbeat,
                               args.stale_after, args.max_trials, args.poll)
             return 1 if counts["failed"] else 0
+        from .disk_use import disk_use_lines
         from .report import NoResultsError, write_report
 
         try:
@@ -380,8 +381,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         for path in paths:
             print(path)
-        from .disk_use import disk_use_lines
-
         print("\n".join(disk_use_lines(args.results_dir)))
         return 0
     except (ConfigError, StudyError) as e:

@@ -213,13 +213,12 @@ def main(argv: list[str] | None = None) -> int:
         return hpo_generation.main(sys.argv[1:] if argv is None else argv)
 
     from ..__main__ import user_errors
+    from ..cli import Parser
     from ..preflight import check_number, check_storage_url, describe_storage_error, preflight
     from .storage import StudyError
 
-    from ..cli import Parser
-
     p = Parser(prog="python -m trainer.hpo", description=__doc__.split("\n\n")[0],
-                                epilog="All other flags are the trainer's (python -m trainer --help).")
+               epilog="All other flags are the trainer's (python -m trainer --help).")
     p.add_argument("--trials", type=int, default=20, help="trials this worker runs")
     p.add_argument("--storage", default=None, help="optuna storage URL, e.g. postgresql://user@host/db "
                                                    "(default: sqlite in the study folder)")

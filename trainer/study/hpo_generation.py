@@ -179,9 +179,8 @@ def cell_search(grid: dict, cfg: TrainConfig, storage, name: str, seed: int = 0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adapters import MethodError
-
-    from ..data import DataError
+    from ..__main__ import user_errors
+    from ..preflight import preflight
     from .storage import StudyError, open_storage
 
     p = argparse.ArgumentParser(prog="python -m trainer.hpo --task generation", description=__doc__.split("\n\n")[0],
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = p.parse_known_args(argv)
     try:
         objectives = parse_objectives(args.objectives)
-        base = prepare(parse_config(rest))
+        base = preflight(prepare(parse_config(rest)))
         study_dir = Path(base.output_dir)
         study_dir.mkdir(parents=True, exist_ok=True)
         name = args.study_name or f"{base.method}-{base.dataset}-generation"
@@ -204,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         study = create_study(name, storage, objectives, args.sampler_seed, args.population)
         study.optimize(make_objective(base, study_dir, objectives), n_trials=args.trials, catch=())
         summary = write_front(study, base, objectives, study_dir)
-    except (ConfigError, MethodError, DataError, StudyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except user_errors() + (StudyError,) as e:
+        print(f"error: {str(e).strip()}", file=sys.stderr)
         return 2
     if not summary["trials"]:
         print(f"study {name}: no trial completed yet", file=sys.stderr)

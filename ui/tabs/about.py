@@ -4,14 +4,41 @@ from __future__ import annotations
 import gradio as gr
 
 from adapters.io import PAPER_CITATION
+from trainer.jobs.private import duration_text
 
 from ..views import DISCLAIMER
 
 
 class AboutTab:
     def __init__(self, ctx=None):
+        settings = getattr(getattr(ctx, "state", None), "settings", None)
         with gr.Tab("About", id="about"):
+            if settings is not None:
+                self.mode_md = gr.Markdown(mode_markdown(settings), elem_id="about-mode")
             gr.Markdown(about_markdown())
+
+
+def mode_markdown(settings) -> str:
+    """Which mode the server runs in, and what that means for a visitor."""
+    if not settings.is_public:
+        return ("## Mode: local\n\nSingle user on this machine (listening on a loopback address): every adapter "
+                "in the adapters folder is listed, and the Train tab may read any server folder"
+                + (" under `MEDPEFT_DATA_ROOTS`." if settings.data_roots else "."))
+    why = ("on a Hugging Face Space" if settings.space_id else
+           "listening on a public address" if settings.public is None else "asked for (--public)")
+    ttl = settings.private_ttl
+    keep = duration_text(ttl)
+    owner = ("your Hugging Face account once you sign in (otherwise this browser session)" if settings.oauth
+             else "this browser session (a reload starts a new one)")
+    data = ("registered datasets only from the server's data roots" if settings.data_roots
+            else "uploaded zips only")
+    return (f"## Mode: public\n\nThis server is shared ({why}). Your uploads, training runs and adapters belong to "
+            f"{owner}: no other visitor can list, use or download them, and they are deleted {keep} after "
+            f"training (download the zip or push to your Hub account to keep one). The Train tab reads {data}. "
+            "The operator's adapters are listed for everyone. Temporary files are deleted after "
+            f"{duration_text(settings.cache_ttl)}; the server keeps the page state of the "
+            f"{settings.state_capacity} most recent visitors (an older page reloads its lists; it never gets "
+            "another visitor's result).")
 
 
 def about_markdown() -> str:

@@ -13,11 +13,13 @@ import pandas as pd
 from trainer.data import DataError, load_image
 from trainer.infer import InferenceError
 from trainer.infer.discover import adapter_listing
+from trainer.jobs import zerogpu
 
 from .. import views
 from ..errors import user_errors
-from ..shared import TabContext
+from ..shared import TabContext, adapter_status
 from ..state import ALL
+from ..visitors import visitor_scoped
 from .hub_browser import HubBrowser
 
 FILE_TYPES = [".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".dcm", ".dicom"]
@@ -61,9 +63,7 @@ class ClassifyTab:
                     with gr.Row():
                         self.classify_btn = gr.Button("Classify", variant="primary", elem_id="classify-button")
                         self.rescan_btn = gr.Button("Rescan adapters", variant="secondary")
-                    self.status_md = gr.Markdown(views.adapter_status(state.adapters, state.adapters_dir,
-                                                                      bool(state.hub_repos)),
-                                                 elem_classes="medpeft-note")
+                    self.status_md = gr.Markdown(adapter_status(state), elem_classes="medpeft-note")
                 with gr.Column(scale=6):
                     self.label_out = gr.Label(num_top_classes=5, label="Prediction", elem_id="prediction")
                     with gr.Row():
@@ -104,6 +104,7 @@ class ClassifyTab:
         self.ctx.later(wire_rescan)
 
     # ------------------------------------------------------------------ handlers
+    @visitor_scoped
     @user_errors("classify the image")
     def classify(self, file: str | None, adapter_key: str | None, gradcam: bool = True) -> dict:
         if not file:
@@ -111,10 +112,7 @@ class ClassifyTab:
         state = self.state
         adapter = state.get(adapter_key)
         image = load_upload(file)
-        pred = state.predictor.predict(adapter, image)
-        heat = None
-        if gradcam:
-            heat = state.predictor.explain(adapter, image, list(pred.probs).index(pred.top[0]))
+        pred, heat = zerogpu.classify(zerogpu.register(state.predictor), adapter, image, bool(gradcam))  # GPU
         lm = state.predictor.load(adapter)
         top, p = pred.top
         details = [f"**{adapter.name}**: {adapter.method} on {adapter.backbone} ({adapter.dataset}, {adapter.task})",
@@ -133,6 +131,7 @@ class ClassifyTab:
         return {self.label_out: pred.probs, self.seen_out: self.files.save(pred.seen, "input"),
                 self.cam_out: self.files.save(heat, "gradcam"), self.details_out: "\n\n".join(details)}
 
+    @visitor_scoped
     @user_errors("compare adapters")
     def compare(self, file: str | None, adapter_keys: list[str] | None) -> pd.DataFrame:
         if not file:
@@ -147,7 +146,7 @@ class ClassifyTab:
             except InferenceError as e:  # an unknown key gets its own row; the others still run
                 rows[i] = {"adapter": key, "note": f"error: {e}"}
         # one call: one preprocessing pass for the adapters of one backbone, all on its shared base
-        compared = self.state.predictor.compare([a for _, a in known], image)
+        compared = zerogpu.compare(zerogpu.register(self.state.predictor), [a for _, a in known], image)  # GPU
         for (i, adapter), res in zip(known, compared):
             row = {"adapter": adapter.name, "method": adapter.method, "backbone": adapter.backbone,
                    "dataset": adapter.dataset, "memory MB": round(res.memory_bytes / 2 ** 20, 1)}
@@ -163,17 +162,20 @@ class ClassifyTab:
         rows = [rows[i] for i in range(len(adapter_keys))]
         return pd.DataFrame(rows, columns=COMPARE_COLUMNS)
 
+    @visitor_scoped
     def filter_adapters(self, dataset: str, task: str, current: str | None):
         subset = self.state.filtered(dataset, task)
         keys = [a.key for a in subset]
         return gr.update(choices=views.choices(subset),
                          value=current if current in keys else (keys[0] if keys else None))
 
+    @visitor_scoped
     def rescan(self, dataset: str, task: str, current: str | None, scan: bool = True) -> dict:
         if scan:
             self.state.scan()
         return self.ctx.pickers.updates(self.state, dataset, task, current)
 
+    @visitor_scoped
     def list_adapters(self) -> list[dict]:
         """Rescan and list every adapter (local and pulled Hub ones) with its task, method, backbone, classes and
         test F1; then the Hub's MedPEFT adapters not pulled yet (``source: hub-listing``, card metrics)."""

@@ -7,10 +7,12 @@ from pathlib import Path
 import gradio as gr
 
 from trainer.infer import InferenceError, example_reports
+from trainer.jobs import zerogpu
 
 from .. import views
 from ..errors import user_errors
 from ..shared import TabContext
+from ..visitors import visitor_scoped
 
 
 class GenerateTab:
@@ -70,6 +72,7 @@ class GenerateTab:
             shown = self.files.save(load_image(result["path"]), "nearest_training")
         return shown, views.nearest_training_markdown(result)
 
+    @visitor_scoped
     @user_errors("generate an image")
     def generate(self, prompt: str, base: str, adapter_key: str | None, steps: float, guidance: float,
                  seed: float) -> str | None:
@@ -83,5 +86,6 @@ class GenerateTab:
                 bb = adapter.config.backbone or ""
                 base = str((adapter.config.training or {}).get("base_model")
                            or (bb if "/" in bb or Path(bb).expanduser().is_dir() else ""))
-        image = self.state.generator.generate(prompt, base, adapter_dir, int(steps), float(guidance), int(seed))
+        image = zerogpu.generate(zerogpu.register(self.state.generator), prompt, base, adapter_dir, int(steps),
+                                 float(guidance), int(seed))  # on ZeroGPU: one GPU call sized by the steps
         return self.files.save(image, "generated")

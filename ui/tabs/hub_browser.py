@@ -78,7 +78,8 @@ class HubBrowser:
         if not repo:
             raise InferenceError("search the Hub and choose an adapter to pull first")
         try:
-            pull(repo, endpoint=self.state.hub_endpoint, progress=lambda f, m: progress(f, desc=m))
+            pull(repo, endpoint=self.state.hub_endpoint, progress=lambda f, m: progress(f, desc=m),
+                 token=False if self.state.public else None)  # public mode: never the server's own token
         except HubError as e:
             raise InferenceError(str(e)) from None
         if repo not in self.state.pulled:

@@ -38,21 +38,24 @@ class LeaderboardTab:
     def __init__(self, ctx: TabContext):
         self.state = ctx.state
         rows = self.state.result_rows()
-        with gr.Tab("Leaderboard", id="leaderboard"):
+        # The tables and plots are filled when a visitor opens the tab (``tab.select``), not in the layout:
+        # Gradio copies the layout's values into every session's state (see README, "Public mode").
+        where = "the server's adapter folder" if self.state.public else f"`{self.state.adapters_dir}`"
+        with gr.Tab("Leaderboard", id="leaderboard") as tab:
             gr.Markdown("F1 macro (%, mean ± std) per method: the numbers Dutt et al. 2024 report, and your "
-                        f"own runs (every `results.json` below `{self.state.adapters_dir}`). FID for generation "
+                        f"own runs (every `results.json` below {where}). FID for generation "
                         "(lower is better). Click a column header to sort.")
             with gr.Row():
                 self.filters = {col: gr.Dropdown(options_of(rows, col), multiselect=True, label=col.capitalize())
                                 for col in FILTERS}
             self.refresh_btn = gr.Button("Refresh (re-read results)", variant="secondary", size="sm")
-            self.board = gr.Dataframe(R.leaderboard(rows), label="Results", interactive=False, wrap=True,
+            self.board = gr.Dataframe(None, label="Results", interactive=False, wrap=True,
                                       max_height=420, show_search="search",
                                       column_widths=["8%", "8%", "9%", "9%", "6%", "9%", "10%", "8%", "7%", "10%",
                                                      "5%", "5%", "6%"])
             gr.Markdown("**Summary** (as in the paper's tables): average score over datasets and average rank "
                         "(methods ranked within each backbone × dataset; 1 = best).")
-            self.summary = gr.Dataframe(R.summary(rows), label="Average score and rank per method",
+            self.summary = gr.Dataframe(None, label="Average score and rank per method",
                                         interactive=False, max_height=360, wrap=True,
                                         column_widths=["15%", "13%", "10%", "7%", "12%", "6%", "8%", "9%", "8%",
                                                        "9%"])
@@ -63,11 +66,10 @@ class LeaderboardTab:
                         "temperature-scaled).")
             self.attribute = gr.Dropdown(attributes, value=attributes[0] if attributes else None,
                                          label="Subgroup attribute", allow_custom_value=False)
-            self.groups = gr.Dataframe(subgroup_view(rows, attributes[0]) if attributes else None,
+            self.groups = gr.Dataframe(None,
                                        label="Test score per subgroup", interactive=False, wrap=True, max_height=360)
-            self.pareto = gr.Plot(plots.pareto_plot(rows), label="Score vs trainable parameters")
-            volume = plots.data_volume_plot(rows)
-            self.volume = gr.Plot(volume, label="Score vs training data volume", visible=volume is not None)
+            self.pareto = gr.Plot(None, label="Score vs trainable parameters")
+            self.volume = gr.Plot(None, label="Score vs training data volume", visible=False)
             caption, table = catalog_table()
             gr.Markdown("**Methods at a glance**: trainable parameters, adapter file size, peak training memory, "
                         "step time and merged inference latency of every method, each against full fine-tuning. "
@@ -75,6 +77,8 @@ class LeaderboardTab:
             self.catalog = gr.Dataframe(table, label="Methods at a glance", interactive=False, wrap=True,
                                         max_height=420)
         filters = [self.filters[c] for c in FILTERS]
+        tab.select(self.view, [*filters, self.attribute], [self.board, self.summary, self.groups, self.attribute,
+                                                            self.pareto, self.volume, *filters], api_visibility="private")
         gr.on([self.refresh_btn.click, self.attribute.input, *(f.input for f in filters)], self.view,
               [*filters, self.attribute], [self.board, self.summary, self.groups, self.attribute, self.pareto,
                                            self.volume, *filters], api_name="leaderboard")

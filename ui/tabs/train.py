@@ -2,7 +2,8 @@
 registered dataset on the server), with live curves, Stop, quick HPO, a confusion matrix and a Hub
 push. The work is ``trainer.jobs``'s; this module lays out the form and shows the progress.
 API: ``/methods_for_backbone``, ``/check_dataset``, ``/train`` (streams), ``/stop_training``,
-``/push_adapter``."""
+``/push_adapter``, ``/download_adapter``. In public mode a visitor's runs and adapters are theirs
+(``AppState.run_root``), outputs name no server folder, and on a Space a job must fit one ZeroGPU call."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,17 +15,21 @@ import gradio as gr
 
 from trainer.data import DATASETS, DataError
 from trainer.infer import InferenceError
-from trainer.jobs import options
+from trainer.jobs import options, zerogpu
+from trainer.jobs.private import duration_text
 from trainer.jobs.progress import HPO_TRIAL_EPOCHS, TrainProgress, elapsed, metric_label, pct
 from trainer.jobs.quick_hpo import QuickHPOJob
 from trainer.jobs.runs import best_seed, new_run_dir, results_for_adapter, run_summary
 from trainer.jobs.session import TrainingJob, TrainingSessions, TrainRun
 from trainer.jobs.upload import UPLOAD, resolve_dataset
 
+from adapters.backbones import backbone_family
+
 from .. import views
 from ..errors import user_errors
 from ..shared import TabContext
 from ..state import ALL
+from ..visitors import current_profile, scrub_paths, visitor_scoped
 
 INTRO = ("Fine-tune a pretrained backbone on your own images with a PEFT method: upload a zip with one folder "
          "per class (PNG, JPEG or DICOM), or use a registered dataset on the server. The adapter is saved to the "
@@ -38,7 +43,9 @@ STOP_MESSAGES = {"cancelled": "Your queued training is cancelled: it will not st
                              "is tested and saved."}
 
 
-def registered_datasets() -> list[tuple[str, str]]:
+def registered_datasets(uploads_only: bool = False) -> list[tuple[str, str]]:
+    if uploads_only:  # public mode without MEDPEFT_DATA_ROOTS: no server folder may be read
+        return [("uploaded zip (above)", UPLOAD)]
     return [("uploaded zip (above)", UPLOAD)] + [
         ("image folder on the server (imagefolder)" if n == "imagefolder" else n, n)
         for n in sorted(DATASETS) if n != "csv"]  # csv needs column options: use the command line
@@ -56,21 +63,27 @@ class TrainTab:
         self.has_gpu = self.default_method == "lora"
         root = settings.train_dir or Path(tempfile.mkdtemp(prefix="medpeft-app-train-"))
         self.sessions = TrainingSessions(root)
+        self.public = self.state.public
+        self.uploads_only = self.public and not settings.data_roots
         self._build()
         self._wire()
 
     def _build(self) -> None:
         has_gpu = self.has_gpu
         with gr.Tab("Train", id="train"):
-            gr.Markdown(INTRO, elem_classes="medpeft-note")
+            gr.Markdown(INTRO + (" " + self.privacy_note() if self.public else ""), elem_classes="medpeft-note")
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5, min_width=360):
                     self.zip_in = gr.File(label="Dataset zip: one folder per class (PNG, JPEG or DICOM)",
                                           file_types=[".zip"], type="filepath", height=120, elem_id="train-zip")
                     with gr.Row():
-                        self.source_dd = gr.Dropdown(registered_datasets(), value=UPLOAD, label="Dataset", scale=1)
+                        self.source_dd = gr.Dropdown(registered_datasets(self.uploads_only), value=UPLOAD,
+                                                     label="Dataset", scale=1,  # (uploads only: a plain refusal)
+                                                     allow_custom_value=self.uploads_only)
                         self.data_dir_in = gr.Textbox(label="Data dir (registered datasets)", scale=1,
-                                                      placeholder="/data/HAM10000 on the server")
+                                                      visible=not self.uploads_only,
+                                                      placeholder="a folder under the server's data roots" if
+                                                      self.public else "/data/HAM10000 on the server")
                     self.check_btn = gr.Button("Check dataset", variant="secondary", size="sm")
                     self.check_md = gr.Markdown(elem_classes="medpeft-note", elem_id="train-check")
                     self.backbone_dd = gr.Dropdown(options.backbone_choices(), value=self.default_backbone,
@@ -110,14 +123,19 @@ class TrainTab:
                     self.cm_plot = gr.Plot(label="Confusion matrix (test split)", elem_id="train-confusion")
                     self.reliability_img = gr.Image(label="Reliability diagram (test split, raw and calibrated)",
                                                     type="filepath", interactive=False, elem_id="train-reliability")
-                    with gr.Accordion("Push the adapter to the Hugging Face Hub", open=False):
-                        self.push_key = gr.Dropdown(views.choices(self.state.local_classifiers()), value=None,
+                    with gr.Accordion("Download the adapter, or push it to the Hugging Face Hub", open=False):
+                        self.push_key = gr.Dropdown(views.choices(self.state.pushable()), value=None,
                                                     allow_custom_value=True, label="Adapter")
+                        with gr.Row():
+                            self.download_btn = gr.Button("Download adapter (zip)", variant="secondary")
+                            self.download_out = gr.File(label="Adapter zip", interactive=False, height=80)
                         with gr.Row():
                             self.repo_in = gr.Textbox(label="Repo id", placeholder="your-name/medpeft-ssf-mydata",
                                                       scale=2)
                             self.token_in = gr.Textbox(label="Hugging Face token (write access; used once, not "
-                                                             "stored)", type="password", scale=2)
+                                                             "stored)" + ("; not needed when signed in" if
+                                                                          self.state.settings.oauth else ""),
+                                                       type="password", scale=2)
                         with gr.Row():
                             self.private_cb = gr.Checkbox(True, label="Private repo")
                             self.push_btn = gr.Button("Push to the Hub", variant="secondary")
@@ -147,19 +165,33 @@ class TrainTab:
         self.push_btn.click(self.push, [self.push_key, self.repo_in, self.token_in, self.private_cb], [self.push_md],
                             api_name="push_adapter", concurrency_id="push_adapter").then(
             lambda: "", None, [self.token_in], queue=False, api_visibility="private")
+        self.download_btn.click(self.download, [self.push_key], [self.download_out], api_name="download_adapter",
+                                concurrency_id="push_adapter")
+
+    def privacy_note(self) -> str:
+        ttl = self.state.settings.private_ttl
+        keep = duration_text(ttl)
+        who = ("your Hugging Face account when you sign in, else this browser session: its work ends with it"
+               if self.state.settings.oauth else "this browser session: its work ends with it (a reload is a new "
+               "session)")
+        return (f"**Private:** on this public server your uploads, runs and adapters are visible only to {who}; "
+                f"they are deleted {keep} after training. Download the adapter or push it to your Hub account to "
+                "keep it.")
 
     # ------------------------------------------------------------------ small handlers
     def methods_update(self, backbone: str | None):
         family = options.backbone_family(backbone or self.default_backbone)
         return gr.update(choices=options.method_names(family), value=options.recommended_method(family))
 
+    @visitor_scoped
     @user_errors("check the dataset")
     def check_dataset(self, zip_file: str | None, dataset: str | None, data_dir: str | None,
                       request: gr.Request = None) -> str:
         """Check a dataset (the uploaded zip, safely extracted, or a registered dataset on disk) without training."""
         work = self.sessions.work_dir(session_of(request))
         try:
-            _, _, check = resolve_dataset(zip_file, dataset, data_dir, work, self.state.settings.data_roots)
+            _, _, check = resolve_dataset(zip_file, dataset, data_dir, work, self.state.settings.data_roots,
+                                          public=self.public)
         finally:
             self.sessions.remove_work(work)
         head = "**Ready to train.**" if check.ok else "**Cannot train on this dataset yet.**"
@@ -168,15 +200,48 @@ class TrainTab:
     def queue_note(self, request: gr.Request = None) -> str:
         return QUEUED if self.sessions.enqueue(session_of(request)) else ""
 
+    @visitor_scoped
     def stop_training(self, request: gr.Request = None) -> str:
         """Stop this session's training after the current step (the best validation checkpoint so far is
         tested and saved), or cancel its training waiting in the queue."""
         return STOP_MESSAGES[self.sessions.stop(session_of(request))]
 
-    def push(self, adapter_key: str | None, repo_id: str | None, token: str | None, private: bool = True) -> str:
-        """Push a local adapter to the Hugging Face Hub. The token is used for this call only: never logged
+    @visitor_scoped
+    @user_errors("download the adapter")
+    def download(self, adapter_key: str | None) -> str:
+        """The adapter folder (weights, config, model card) as a zip; in public mode only your own adapters."""
+        import shutil
+        import uuid
+
+        adapter = self.own_adapter(adapter_key)
+        stem = f"{Path(adapter.name.removeprefix('yours: ')).as_posix().replace('/', '-')}-{uuid.uuid4().hex[:8]}"
+        return self.ctx.outputs.add(shutil.make_archive(str(self.ctx.outputs.folder / stem), "zip",
+                                                        root_dir=adapter.folder))
+
+    def own_adapter(self, adapter_key: str | None):
+        """The adapter a visitor may download or push: their own (public mode) or any local one."""
+        if not adapter_key:
+            raise InferenceError("choose an adapter first (train one above)")
+        adapter = self.state.get(adapter_key)
+        if adapter.key not in {a.key for a in self.state.pushable()}:
+            raise InferenceError(f"{adapter.name} is not one of your adapters: only adapters you trained here "
+                                 "can be downloaded or pushed" if self.public else
+                                 f"{adapter.name} is already on the Hub; choose a local adapter")
+        return adapter
+
+    @visitor_scoped
+    def push(self, adapter_key: str | None, repo_id: str | None, token: str | None, private: bool = True,
+             oauth_token: gr.OAuthToken | None = None) -> str:
+        """Push your adapter to the Hugging Face Hub with its model card, with the token of your sign-in
+        (where the Space offers it) or the pasted token. The token is used for this call only: never logged
         or stored."""
         from trainer.hub import push_adapter
+
+        if not (token or "").strip() and getattr(oauth_token, "token", None):
+            token = oauth_token.token
+        profile = current_profile()
+        if not (repo_id or "").strip() and profile is not None and adapter_key:
+            repo_id = f"{profile.username}/medpeft-{adapter_key.removeprefix('private:').split('/')[0]}"
 
         def fail(msg: str) -> gr.Error:
             return gr.Error(msg.replace(token, "***") if token else msg, title="Could not push the adapter",
@@ -189,17 +254,20 @@ class TrainTab:
             raise fail("paste a Hugging Face token with write access (https://huggingface.co/settings/tokens); "
                        "it is used for this push only and not stored")
         try:
-            adapter = self.state.get(adapter_key)
-            if adapter.source != "local":
-                raise InferenceError(f"{adapter.name} is already on the Hub; choose a local adapter")
+            adapter = self.own_adapter(adapter_key)
             url = push_adapter(adapter.folder, repo_id, private=bool(private),
                                results=results_for_adapter(adapter.folder), token=token.strip(),
                                endpoint=self.state.hub_endpoint)
         except Exception as e:  # HubError, InferenceError or a bug: a plain message without the token
-            raise fail(str(e) or type(e).__name__) from None
+            msg = str(e) or type(e).__name__
+            raise fail(scrub_paths(msg) if self.public else msg) from None
         return f"Pushed **{adapter.name}** to [{url}]({url}) ({'private' if private else 'public'} repo)."
 
     # ------------------------------------------------------------------ training
+    def privacy_keep(self) -> str:
+        ttl = self.state.settings.private_ttl
+        return duration_text(ttl)
+
     def status_html(self, run: TrainRun) -> str:
         progress = run.progress
         phase = progress.phase
@@ -210,6 +278,7 @@ class TrainTab:
     def curve(self, progress: TrainProgress):
         return views.training_curve_figure(progress.series, progress.metric, progress.epochs)
 
+    @visitor_scoped
     @user_errors("train")
     def train(self, zip_file: str | None, dataset: str | None, data_dir: str | None, backbone: str | None,
               method: str | None, quick_hpo: bool, trials: float, epochs: float, batch_size: float, lr: float,
@@ -231,21 +300,21 @@ class TrainTab:
             trials = options.hpo_trials(quick_hpo, trials)
             work = self.sessions.work_dir(session)
             reading = ("unpacking the upload safely and counting images per class" if dataset == UPLOAD
-                       else f"reading {dataset} from {data_dir}")
+                       else f"reading {dataset} from " + ("the server's data roots" if self.public else f"{data_dir}"))
             yield {self.status: views.train_status_html("Checking the dataset", reading), self.curve_plot: None,
                    self.metrics_md: "", self.cm_plot: None, self.reliability_img: None, self.run_json: None, self.train_note: ""}
             ds_name, root, check = resolve_dataset(zip_file, dataset, data_dir, work,
-                                                   self.state.settings.data_roots)
+                                                   self.state.settings.data_roots, public=self.public)
             if not check.ok:
                 raise DataError("cannot train on this dataset:\n" + check.summary())
             if check.notes:
                 gr.Warning("\n".join(check.notes), title="Dataset notes")
             stem = Path(zip_file).stem if dataset == UPLOAD and zip_file else ds_name
-            run_dir = new_run_dir(self.state.adapters_dir, run_name, stem)
+            run_dir = new_run_dir(self.state.run_root(), run_name, stem)
             cache = work / ".image-cache" if dataset == UPLOAD else self.sessions.root / ".image-cache"
             cfg = dataclasses.replace(form, dataset=ds_name, data_dir=str(root), output_dir=str(run_dir),
                                       cache_dir=str(cache)).validate()
-            job = QuickHPOJob(cfg, trials, work / "hpo") if trials else TrainingJob(cfg)
+            job = self.make_job(cfg, trials, work, sum(check.class_counts.values()))
             run = TrainRun(session, job, work=work, run_dir=run_dir, progress=TrainProgress(cfg.epochs, trials))
             self.sessions.start(run)
             yield {self.status: self.status_html(run), self.curve_plot: None, self.metrics_md: "",
@@ -260,7 +329,8 @@ class TrainTab:
                     break
                 elif ev["kind"] == "error":
                     failed = True
-                    yield {self.status: views.train_status_html("Training failed", ev["message"], None, error=True)}
+                    message = scrub_paths(ev["message"]) if self.public else ev["message"]
+                    yield {self.status: views.train_status_html("Training failed", message, None, error=True)}
                     raise DataError(f"training failed: {ev['message']}")
                 elif time.monotonic() - last >= 0.5:
                     yield {self.status: self.status_html(run)}
@@ -273,10 +343,25 @@ class TrainTab:
             if not failed:
                 yield {self.status: views.train_status_html(
                     "Could not start training" if run is None else "Training failed",
-                    str(e).replace(":\n", ": ").replace("\n", " · "), error=True)}
+                    (scrub_paths(str(e)) if self.public else str(e)).replace(":\n", ": ").replace("\n", " · "),
+                    error=True)}
             raise
         finally:
             self.sessions.end(run, finished=finished, failed=failed, work=work)
+
+    def make_job(self, cfg, trials: int, work: Path, n_images: int):
+        """The job for the form: plain or quick HPO; on a Space one ZeroGPU call sized from the epochs, the
+        trials and the images (refused with the limit named when it cannot fit)."""
+        import functools
+
+        factory = (functools.partial(QuickHPOJob, cfg, trials, work / "hpo") if trials
+                   else functools.partial(TrainingJob, cfg))
+        if not zerogpu.on_space():
+            return factory()
+        seconds = zerogpu.estimate_train_seconds(n_images, cfg.epochs, trials, HPO_TRIAL_EPOCHS, cfg.img_size,
+                                                 backbone_family(cfg.backbone))
+        zerogpu.check_fits(seconds, self.state.settings.gpu_max_s)
+        return zerogpu.ZeroGPUJob(factory, seconds) if zerogpu.spaces_module() is not None else factory()
 
     def finished(self, results: dict, run: TrainRun) -> dict:
         """The result: metrics, confusion matrix, the adapter in the store and selected on the Classify tab."""
@@ -290,6 +375,11 @@ class TrainTab:
         cm = views.confusion_figure(test["confusion_matrix"], names) if "confusion_matrix" in test else None
         summary = run_summary(results, run.run_dir, key)
         md = views.train_result_markdown(results, seed, key, adapter_folder, state.adapters_dir)
+        if self.public:  # name no server folder: the run by its own name, the adapter as yours
+            summary.update(run_dir=run.run_dir.name, adapter_dir=results["adapter_dir"])
+            md = md.replace(str(adapter_folder), state.location(adapter_folder))
+            md = scrub_paths(md) + f"\n\nIt is private to you and deleted {self.privacy_keep()} after training: " \
+                                   "download it or push it to your Hub account to keep it."
         metric = progress.metric
         done = ("Stopped: best checkpoint so far tested and saved" if summary["stopped_early_by_user"]
                 else "Training finished")
@@ -298,10 +388,16 @@ class TrainTab:
         p = self.ctx.pickers
         reliability = (seed.get("assessment") or {}).get("reliability")
         reliability = adapter_folder.parent / reliability if reliability else None  # beside seed_N/adapter
+        if reliability is not None and reliability.is_file():  # a copy: the run folder is not served
+            from PIL import Image
+
+            with Image.open(reliability) as im:
+                reliability = self.ctx.outputs.save(im.convert("RGB"), "reliability")
+        else:
+            reliability = None
         out = {self.status: views.train_status_html(done, detail, 1.0), self.metrics_md: md, self.cm_plot: cm,
-               self.reliability_img: str(reliability) if reliability and reliability.is_file() else None,
-               self.run_json: summary,
-               self.push_key: gr.update(choices=views.choices(state.local_classifiers()), value=key),
+               self.reliability_img: reliability, self.run_json: summary,
+               self.push_key: gr.update(choices=views.choices(state.pushable()), value=key),
                **p.updates(state, ALL, ALL, key), p.task_dd: gr.update(value=ALL)}
         if progress.series:
             out[self.curve_plot] = self.curve(progress)

@@ -14,7 +14,8 @@ SIZE = 64
 
 
 def lfw_faces() -> torch.Tensor:
-    """``[200, 64, 64]`` float grey in [0, 1]: scikit-image's LFW subset, upsampled (bicubic)."""
+    """``[200, 64, 64]`` float grey in [0, 1]: scikit-image's LFW subset (100 faces, then 100 non-face
+    patches), upsampled (bicubic)."""
     import skimage
 
     faces = np.load(os.path.join(os.path.dirname(skimage.__file__), "data", "lfw_subset.npy")).astype(np.float32)

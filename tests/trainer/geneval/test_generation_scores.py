@@ -121,3 +121,16 @@ def test_validation_keeps_the_paper_training_size():
     assert not ({p.study.split("/")[1] for p in train} & {p.study.split("/")[1] for p in val})
     full, val = train_and_val(pool, 1.0, None, 0.05, seed=3)  # nothing unused: held out first
     assert len(full) + len(val) == 200 and len(val) >= 9
+
+
+def test_search_command_line_errors(tiny_dir, pairs_csv, tmp_path, capsys):  # noqa: F811
+    from trainer.study.hpo import main
+
+    base = ["--task", "generation", "--method", "lora", "--dataset", "csv", "--data-dir", str(pairs_csv),
+            "--base-model", str(tiny_dir), "--output-dir", str(tmp_path / "s")]
+    for extra, message in ((["--objectives", "fid,beauty", "--fid-samples", "4"], "unknown objective"),
+                           (["--objectives", "fid,memorization"], "--fid-samples"),
+                           (["--task", "classification", "--objectives", "fid"], "--task generation")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err

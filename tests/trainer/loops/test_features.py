@@ -31,7 +31,8 @@ from tests.helpers import write_shapes
 def lp_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--method", "linear_probe", "--dataset", "imagefolder", "--data-dir", str(data),
             "--backbone", OFFLINE_LITE0, "--img-size", "56", "--epochs", "20", "--patience", "20",
-            "--batch-size", "8", "--lr", "5e-2", "--num-workers", "0", "--output-dir", str(out), *extra]
+            "--batch-size", "8", "--lr", "5e-2", "--num-workers", "0", "--output-dir", str(out),
+            "--cache-dir", str(out.parent / ".cache"), *extra]  # one cache shared by the runs (not the default's)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ UNET_METHODS = sorted(m for m, spec in METHODS.items() if "unet" in spec.familie
 # The test's own oracle of what each method trains, by parameter name.
 ATTN = re.compile(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.(weight|bias)$")
 BLOCK = re.compile(r"(^|\.)attentions\.\d+\.")  # every tensor of a Transformer2DModel block
+ATTN_PROJ = r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)"
 NORM = re.compile(r"(^|\.)(norm\d*|conv_norm_out)\.(weight|bias)$")
 
 
@@ -42,6 +43,11 @@ EXPECTED = {
     "lora": lambda n: re.search(r"\.attn[12]\.(to_q|to_k|to_v|to_out\.0)\.lora_[AB]\.default\.weight$", n) is not None,
     "svdiff": lambda n: n.endswith(".delta"),
     "difffit": lambda n: _bias(n) or NORM.search(n) is not None or n.endswith(".difffit_gamma"),
+    # peft's tuners on the attention projections (adapters.peft_tuners)
+    "boft": lambda n: re.search(ATTN_PROJ + r"\.boft_(R|s)\.default$", n) is not None,
+    "loha": lambda n: re.search(ATTN_PROJ + r"\.hada_w[12]_[ab]\.default$", n) is not None,
+    "lokr": lambda n: re.search(ATTN_PROJ + r"\.lokr_w[12](_[ab])?\.default$", n) is not None,
+    "oft": lambda n: re.search(ATTN_PROJ + r"\.oft_R\.default\.weight$", n) is not None,
 }
 # learning rates that make 20 steps on one fixed batch clearly reduce the loss of the tiny random U-Net
 LR = {"full": 1e-3, "attention": 3e-3, "lora": 1e-2}

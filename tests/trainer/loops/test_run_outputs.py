@@ -112,7 +112,7 @@ def data(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_a_finished_run_keeps_each_tensor_once_and_its_predictions(data, tmp_path):
+def test_a_finished_run_keeps_each_tensor_once_and_its_predictions(data, tmp_path, capsys):
     from trainer.__main__ import main
 
     out = tmp_path / "run"
@@ -136,6 +136,15 @@ def test_a_finished_run_keeps_each_tensor_once_and_its_predictions(data, tmp_pat
     assert main(args(data, kept_out, "--epochs", "1", "--keep-checkpoints")) == 0
     assert {"seed_0/best.safetensors", "seed_0/checkpoint/adapter.safetensors",
             "seed_0/checkpoint/trainer_state.pt"} < set(tensor_files(kept_out))
+
+    from trainer.study.benchmark import main as benchmark_main
+
+    capsys.readouterr()
+    assert benchmark_main(["report", str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("disk use")]
+    named = [line.split()[2] for line in printed]
+    assert {"kept", "run"} <= set(named) and named[-1] == "total"  # the report's own files: "(other files)"
+    assert (tmp_path / "report" / "disk_use.csv").is_file()
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@
     python -m trainer.perf --methods full,lora,linear_probe --steps 10
     python -m trainer.perf --data-pipeline             # loader images/s vs the model's images/s
     python -m trainer.perf --vs-baseline               # + the trainer's epochs vs a hand-written timm+peft loop
+    python -m trainer.perf --serving --adapters 8      # N adapters on one shared base vs N deep copies (.serving)
 
 For each method: trainable parameters; the training step time (forward + backward + AdamW step, as
 the trainer does it: the trainer's own optimizer over trainable parameters only, gradient clipping;
