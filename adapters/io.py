@@ -335,6 +335,14 @@ def model_card(config: AdapterConfig) -> str:
         f"- task: {config.task}; classes: {', '.join(config.class_names) or config.num_classes}",
         f"- hyper-parameters: `{json.dumps(config.hparams, sort_keys=True)}`",
     ]
+    from .peft_tuners import config_type
+
+    if config_type(config.method):
+        body.append(f"- peft tuner: `peft.{config_type(config.method)}` (a stock peft adapter folder)")
+    if config.training.get("optimizer"):
+        body.append(f"- optimizer: {config.training['optimizer']}" + (
+            f" (LoRA+, B at lr x {config.training['loraplus_lr_ratio']:g})"
+            if config.training.get("optimizer") == "loraplus" else ""))
     if config.init_checkpoint:
         report = config.init_report or {}
         body.append(f"- backbone initialised from the foundation checkpoint `{config.init_checkpoint}`"

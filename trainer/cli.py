@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
             group.add_argument(flag(f"{m.name}_{key}"), dest=f"hp__{m.name}__{key}", default=None,
                                type=type(value) if numeric else _parse_value,
                                metavar="JSON" if value is None else type(value).__name__.upper(),
-                               help=f"{m.name}: {key.replace('_', ' ')}"
-                                    + (" (default: none)" if value is None else f" (default: {value!r})"))
+                               help=f"{m.name}: {key.replace('_', ' ')} (default: "
+                                    f"{'set by the run' if value is None or key == 'total_step' else repr(value)})")
     return p
 
 

@@ -1,18 +1,33 @@
 """The Leaderboard tab: the numbers Dutt et al. 2024 report beside your own runs' results.json,
 filtered, with the paper's summary (average score and rank), a Pareto plot (score vs trainable
-parameters) and score vs training data volume. API: ``/leaderboard``."""
+parameters), score vs training data volume, and the methods-at-a-glance table of
+``python -m trainer.perf --catalog``. API: ``/leaderboard``."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
 from trainer.study import plots
+from trainer.study.perf.catalog import COLUMNS as CATALOG_COLUMNS, latest_table
 from trainer.study import results as R
 from trainer.study.fairness_views import subgroup_attributes, subgroup_view
 
 from ..shared import TabContext
 
 FILTERS = ("task", "backbone", "dataset", "method", "source")
+PERF_DIR = Path(__file__).resolve().parents[2] / "docs" / "perf"
+
+
+def catalog_table() -> tuple[str, pd.DataFrame]:
+    """The newest ``python -m trainer.perf --catalog`` table shipped in docs/perf (caption, rows)."""
+    source, rows = latest_table(PERF_DIR)
+    if source is None:
+        return ("No catalogue measurement yet: run `python -m trainer.perf --catalog --backbone vit_base_patch16_224 "
+                "--json docs/perf/catalog_vit.json` on a GPU.", pd.DataFrame(columns=list(CATALOG_COLUMNS)))
+    return (f"From `{Path(source).name}` (`python -m trainer.perf --catalog`): ratios to full fine-tuning measured "
+            "in the same run.", pd.DataFrame(rows, columns=list(CATALOG_COLUMNS)))
 
 
 def options_of(df: pd.DataFrame, col: str) -> list[str]:
@@ -55,6 +70,12 @@ class LeaderboardTab:
                                        label="Test score per subgroup", interactive=False, wrap=True, max_height=360)
             self.pareto = gr.Plot(None, label="Score vs trainable parameters")
             self.volume = gr.Plot(None, label="Score vs training data volume", visible=False)
+            caption, table = catalog_table()
+            gr.Markdown("**Methods at a glance**: trainable parameters, adapter file size, peak training memory, "
+                        "step time and merged inference latency of every method, each against full fine-tuning. "
+                        + caption)
+            self.catalog = gr.Dataframe(table, label="Methods at a glance", interactive=False, wrap=True,
+                                        max_height=420)
         filters = [self.filters[c] for c in FILTERS]
         tab.select(self.view, [*filters, self.attribute], [self.board, self.summary, self.groups, self.attribute,
                                                             self.pareto, self.volume, *filters], api_visibility="private")

@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="N adapters of mixed methods on one shared base vs N deep copies: memory, switch time, "
                         "first load (trainer.study.perf.serving)")
     p.add_argument("--adapters", type=int, default=8, help="--serving: how many adapters (default 8)")
+    p.add_argument("--catalog", action="store_true",
+                   help="every method of the backbone's family at a glance: trainable params, adapter file size, "
+                        "memory / step time / merged latency vs full fine-tuning; Markdown, CSV, JSON and a Pareto "
+                        "plot beside --json (trainer.study.perf.catalog)")
+    p.add_argument("--scores", help="--catalog: a CSV of method,score to plot the Pareto front on score instead")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     p.add_argument("--_epochs", help=argparse.SUPPRESS)
     return p
@@ -166,9 +171,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {'unknown' if unknown else 'not for ' + family + ' backbones'}: "
                   f"{', '.join(unknown or wrong)}; methods for {family}: {', '.join(available)}", file=sys.stderr)
             return 2
+        if args.catalog and not args.methods:
+            methods = available  # every method of the family (no +gc variants)
         methods = ["full"] + [m for m in dict.fromkeys(methods) if m != "full"]  # the reference, first
         t0 = time.time()
-        result = run_methods(args, bench, methods)
+        if args.catalog:
+            from .catalog import markdown, run_catalog
+
+            result = run_catalog(args, bench, methods)
+            print()
+            print(markdown(result))
+        else:
+            result = run_methods(args, bench, methods)
         result["wall_s"] = time.time() - t0
         print()
         print(format_table(result))
@@ -195,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
+        if args.catalog and result.get("mode") == "catalog":
+            from .catalog import write_outputs
+
+            print("wrote " + ", ".join(str(p) for p in [args.json_path, *write_outputs(result, args.json_path,
+                                                                                     args.scores)]))
         print(f"wrote {args.json_path}")
     return 0
 
@@ -217,6 +236,11 @@ def serving_main(args) -> int:
     if args.json_path:
         Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
+        if args.catalog and result.get("mode") == "catalog":
+            from .catalog import write_outputs
+
+            print("wrote " + ", ".join(str(p) for p in [args.json_path, *write_outputs(result, args.json_path,
+                                                                                     args.scores)]))
         print(f"wrote {args.json_path}")
     return 0
 

@@ -21,6 +21,8 @@ def saved_activation_bytes(model: nn.Module, bench: Bench, x: torch.Tensor) -> i
     storages: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
+        if t.layout != torch.strided:  # sparse tensors (peft's SHiRA) have no storage of their own
+            return t
         st = t.untyped_storage()
         storages[st.data_ptr()] = st.nbytes()
         return t
