@@ -99,14 +99,29 @@ def registers_swiglu(tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="module")
+def registers_plain(tmp_path_factory):
+    folder, _ = R.dinov2_repo(tmp_path_factory.mktemp("regs-mlp") / "repo", registers=4)
+    return folder
+
+
+# FacT factorises fc1/fc2 with the MLP width a multiple of dim: it refuses SwiGLU (a clear MethodError,
+# asserted) and is checked on registers + LayerScale with a plain MLP instead.
+MLP_ONLY = {"fact_tt", "fact_tk"}
+
+
 @pytest.mark.parametrize("method", [pytest.param(m, marks=[] if m in ("lora", "vpt_deep", "ssf") else
                                                  [pytest.mark.slow]) for m in _vit_methods()])
-def test_every_vit_method_applies_to_a_registers_swiglu_model(registers_swiglu, tmp_path, method):
+def test_every_vit_method_applies_to_a_registers_swiglu_model(registers_swiglu, registers_plain, tmp_path, method):
     """Registers, LayerScale and SwiGLU together: every ViT method of the catalogue trains and reloads."""
     from adapters import merge_method
-    from adapters.core import NotMergeable
+    from adapters.core import MethodError, NotMergeable
 
     torch.manual_seed(0)
+    if method in MLP_ONLY:
+        with pytest.raises(MethodError, match="MLP width"):
+            apply_method(create_backbone("dinov2-reg-base", 2, init_checkpoint=str(registers_swiglu)), method)
+        registers_swiglu = registers_plain
     model = apply_method(create_backbone("dinov2-reg-base", 2, init_checkpoint=str(registers_swiglu)), method)
     x = torch.randn(2, 3, 28, 28)
     loss = model.train()(x).logsumexp(-1).sum()
