@@ -207,11 +207,6 @@ def best_config(base: TrainConfig, study) -> TrainConfig:
 def main(argv: list[str] | None = None) -> int:
     import optuna
 
-    from . import hpo_generation
-
-    if hpo_generation.wants(sys.argv[1:] if argv is None else argv):  # --task generation: multi-objective search
-        return hpo_generation.main(sys.argv[1:] if argv is None else argv)
-
     from ..__main__ import user_errors
     from ..cli import Parser
     from ..preflight import check_number, check_storage_url, describe_storage_error, preflight

@@ -85,7 +85,16 @@ def prepare(base: TrainConfig) -> TrainConfig:
     return base
 
 
+def generation_fixed(base: TrainConfig, fixed=()) -> set[str]:
+    """Names left as set: the caller's, and the catalogue's classification-only dimensions (LoRA init,
+    rsLoRA, ...: the U-Net searches lr, weight decay and the method's size/scale hyper-parameters)."""
+    keep = {"lr", "weight_decay", *hpo.SEARCH_SPACE}
+    return set(fixed) | {k for k in hpo.search_space(base.task, base.method, base.hparams) if k not in keep}
+
+
 def make_objective(base: TrainConfig, study_dir: Path, objectives: list[str], fixed=(), run=None):
+    fixed = generation_fixed(base, fixed)
+
     def objective(trial):
         from ..loops.generate import run as generate
 

@@ -88,7 +88,7 @@ def test_table4_additions(tmp_path):
 
 @pytest.mark.slow
 def test_multi_objective_search_end_to_end(tiny_dir, pairs_csv, tmp_path):  # noqa: F811
-    from trainer.study.hpo import main
+    from trainer.hpo import main
 
     out = tmp_path / "search"
     rc = main(["--task", "generation", "--objectives", "fid,memorization", "--trials", "3", "--population", "2",
@@ -124,7 +124,7 @@ def test_validation_keeps_the_paper_training_size():
 
 
 def test_search_command_line_errors(tiny_dir, pairs_csv, tmp_path, capsys):  # noqa: F811
-    from trainer.study.hpo import main
+    from trainer.hpo import main
 
     base = ["--task", "generation", "--method", "lora", "--dataset", "csv", "--data-dir", str(pairs_csv),
             "--base-model", str(tiny_dir), "--output-dir", str(tmp_path / "s")]
