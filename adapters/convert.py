@@ -240,17 +240,22 @@ def _open_clip_spec(config: dict[str, Any], pooling: str) -> dict:
     pool, proj = vision.get("timm_pool", "avg"), vision.get("timm_proj", "linear")
     if pool in ("abs_attn", "rot_attn"):
         raise ConversionError(f"open_clip timm_pool={pool!r} is not convertible")
-    spec_proj = None
-    embed_dim = model_cfg["embed_dim"]
-    if proj in ("linear", "mlp"):
+    embed_dim, args = model_cfg["embed_dim"], {}
+    if proj in ("linear", "mlp"):  # open_clip resets the trunk's classifier (keeping its norm placement)
         spec_proj = {"type": proj, "dim": embed_dim, "bias": bool(vision.get("timm_proj_bias", False)), "key": proj}
+        if pool:
+            args["fc_norm"] = False
     elif proj != "none":  # no extra projection: the trunk's own head (with bias) projects
         spec_proj = {"type": "linear", "dim": embed_dim, "bias": True, "key": "trunk_head"}
-    if pooling != "token_proj":
+    else:
         spec_proj = None
-    trunk_pool = pool or "token"
-    return {"format": "open_clip", "arch": name, "args": {}, "pooling": trunk_pool if trunk_pool != "token"
-            else pooling, "proj": spec_proj, "antialias": True}
+    if pooling != "token_proj":  # the preset asks for the trunk's features only
+        spec_proj = None
+    if pool and pool != "token":  # the tower's own pooling (e.g. avg), then the projection
+        pooling = pool
+    # open_clip builds the trunk at the timm model's own default size (it passes no img_size): so do we
+    return {"format": "open_clip", "arch": name, "args": args, "pooling": pooling, "proj": spec_proj,
+            "antialias": True, "native_size": True}
 
 
 def _open_clip_native_spec(model_cfg: dict[str, Any], vision: dict[str, Any], pooling: str) -> dict:

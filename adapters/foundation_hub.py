@@ -175,8 +175,7 @@ def data_cfg(preset: Preset, folder: Path | None, config: dict[str, Any], img_si
            "interpolation": preset.interpolation, "crop_pct": preset.crop_pct}
     have_repo = folder is not None and folder.is_dir()
     if have_repo and preset.source == "transformers":
-        arch = spec_size(preset, config)
-        out["size"] = arch or out["size"]
+        out["size"] = config.get("vision_config", config).get("image_size") or out["size"]
         pre = folder / "preprocessor_config.json"
         if pre.is_file():
             out.update(_hf_preprocessing(read_json(pre), out))
@@ -185,8 +184,10 @@ def data_cfg(preset: Preset, folder: Path | None, config: dict[str, Any], img_si
         out.update({k: list(pre[k]) for k in ("mean", "std") if k in pre})
         out["interpolation"] = pre.get("interpolation", out["interpolation"])
         out["size"] = config.get("model_cfg", {}).get("vision_cfg", {}).get("image_size", out["size"])
-    elif have_repo and preset.source == "timm" and "pretrained_cfg" in config:
-        pc = config["pretrained_cfg"]
+    elif have_repo and preset.source in ("timm", "mae") and "architecture" in config:
+        size = (config.get("model_args") or {}).get("img_size")
+        out["size"] = size or out["size"]
+        pc = config.get("pretrained_cfg") or {}
         out.update({k: list(pc[k]) for k in ("mean", "std") if k in pc})
         if "input_size" in pc:
             out["size"] = pc["input_size"][-1]
@@ -197,11 +198,6 @@ def data_cfg(preset: Preset, folder: Path | None, config: dict[str, Any], img_si
     if img_size:
         out["size"] = img_size
     return out
-
-
-def spec_size(preset: Preset, config: dict[str, Any]) -> int | None:
-    vision = config.get("vision_config", config)
-    return vision.get("image_size")
 
 
 def _hf_preprocessing(pre: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +285,8 @@ def create_foundation(name: str, num_classes: int, pretrained: bool = True, img_
     dc = data_cfg(preset, folder, config, img_size)
     with torch.random.fork_rng(devices=[]):  # random weights from a fixed seed, as adapters.backbones
         torch.manual_seed(RANDOM_INIT_SEED)
-        model = build(spec, dc["size"], init=not (pretrained and folder is not None and preset.source != "mae"))
+        size = img_size if spec.get("native_size") else dc["size"]  # open_clip trunks: timm's default unless asked
+        model = build(spec, size, init=not (pretrained and folder is not None and preset.source != "mae"))
     report = None
     if pretrained and folder is not None:
         report = _load(model, preset, spec, folder)

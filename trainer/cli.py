@@ -181,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
         for key, value in m.defaults.items():
             numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
             group.add_argument(flag(f"{m.name}_{key}"), dest=f"hp__{m.name}__{key}", default=None,
-                               type=type(value) if numeric else _parse_value, metavar=type(value).__name__.upper(),
+                               type=type(value) if numeric else _parse_value,
+                               metavar="JSON" if value is None else type(value).__name__.upper(),
                                help=f"{m.name}: {key.replace('_', ' ')} (default: "
                                     f"{'set by the run' if value is None or key == 'total_step' else repr(value)})")
     return p

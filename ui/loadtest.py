@@ -7,7 +7,8 @@ Each session is a new browser session (a fresh session hash, as a page load make
 event (``/current_adapters``), ``/adapters``, ``/classify`` with and without Grad-CAM and ``/compare`` on a
 real fundus photograph, each through Gradio's queue as the browser calls it. Reported: p50/p95
 latency per call and per session, throughput, errors split into queue-full and other, the temp
-folder's size, and (with ``--pid``: the server's process, read from /proc) RSS growth per session
+folder's size, and (``--pid``, or found from the URL's port when the server runs on this machine:
+the server's process, read from /proc) RSS growth per session
 after the warm-up, as a ratio to a bare Gradio app (one text box) started and driven the same way
 in the same run. PASS/FAIL against the targets (``--max-growth-mb`` over the measured sessions)."""
 from __future__ import annotations
@@ -46,6 +47,38 @@ def rss_mb(pid: int) -> float | None:
                 return int(line.split()[1]) / 1024
     except OSError:
         return None
+    return None
+
+
+def find_server_pid(url: str) -> int | None:
+    """The process listening on ``url``'s port on this machine (Linux /proc), or None."""
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.hostname not in ("127.0.0.1", "localhost", "0.0.0.0", "::1"):
+        return None
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # LISTEN
+                    inodes.add(fields[9])
+        except OSError:
+            continue
+    if not inodes:
+        return None
+    targets = {f"socket:[{i}]" for i in inodes}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in targets:
+                    return int(proc.name)
+        except OSError:
+            continue
     return None
 
 
@@ -274,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sessions", type=int, default=500, help="fresh sessions measured (default 500)")
     p.add_argument("--warmup", type=int, default=100, help="fresh sessions before measuring (default 100)")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--pid", type=int, help="the server's process id, for RSS growth per session (/proc)")
+    p.add_argument("--pid", type=int, help="the server's process id, for RSS growth per session (/proc; default: the "
+                                           "process listening on the URL's port, when it runs on this machine)")
     p.add_argument("--temp-dir", default=os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio"),
                    help="Gradio's temp folder, whose size is reported (default $GRADIO_TEMP_DIR or <tmp>/gradio)")
     p.add_argument("--calls", default="", help="comma-separated subset of current_adapters, adapters, classify, "
@@ -283,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-growth-mb", type=float, default=40.0, help="target: RSS growth over the measured sessions")
     p.add_argument("--json", help="write the figures here")
     args = p.parse_args(argv)
+    if args.pid is None:
+        args.pid = find_server_pid(args.url)
     image = example_image()
     calls = [c.strip() for c in args.calls.split(",") if c.strip()] or None
     out = measure(args.url, args.sessions, args.warmup, args.concurrency, image, args.pid, args.temp_dir, calls)

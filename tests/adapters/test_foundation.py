@@ -47,6 +47,8 @@ CASES = [
     ("siglip-full", "medsiglip", R.siglip_repo, {"full": True}, 32),
     ("vit", "phikon", R.vit_repo, {}, 32),
     ("open_clip", "biomedclip", R.open_clip_repo, {}, 224),
+    ("open_clip-avg-mlp", "biomedclip", R.open_clip_repo, {"timm_model": "test_vit", "timm_pool": "avg",
+                                                           "proj": "mlp"}, 160),
     ("open_clip-native", "biomedclip", R.open_clip_repo, {"timm_model": None, "quick_gelu": True,
                                                           "ls_init_value": 0.1}, 32),
     ("timm-uni", "uni", R.timm_repo, {"init_values": 1e-5, "dynamic_img_size": True, "img_size": 64, **SMALL}, 64),

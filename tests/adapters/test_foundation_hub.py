@@ -62,9 +62,13 @@ def test_preset_downloads_its_hub_repo_and_converts_exactly(hub, tmp_path):
 
 
 def test_gated_repo_without_token_says_which_licence_to_accept(hub, tmp_path, monkeypatch):
-    folder, _ = R.dinov2_repo(tmp_path / "repo")  # the content does not matter: the files are refused
+    folder, embed = R.timm_repo(tmp_path / "repo", init_values=1e-5, dynamic_img_size=True, img_size=32,
+                                embed_dim=32, depth=2, num_heads=2)
     _upload(hub, folder, "MahmoodLab/UNI")
-    hub.gate("MahmoodLab/UNI")
+    from huggingface_hub import HfApi
+
+    HfApi(endpoint=hub.url, token=TOKEN).update_repo_settings("MahmoodLab/UNI", gated="manual")  # = hub.gate(...)
+    assert "MahmoodLab/UNI" in hub.gated
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(BackboneError) as err:
         create_backbone("uni", 0)
@@ -72,6 +76,11 @@ def test_gated_repo_without_token_says_which_licence_to_accept(hub, tmp_path, mo
     assert "\n" not in msg
     for part in ("cc-by-nc-nd-4.0", "https://huggingface.co/MahmoodLab/UNI", "HF_TOKEN", "accept"):
         assert part in msg, msg
+    monkeypatch.setenv("HF_TOKEN", TOKEN)  # licence accepted, token set: the download goes through
+    model = create_backbone("uni", 0).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(x) - embed(x)).abs().max().item() < 1e-4
 
 
 def test_unreachable_hub_points_to_a_local_copy(hub, monkeypatch):

@@ -75,12 +75,12 @@ def vit_repo(folder: Path, image_size: int = 32, patch: int = 8):
 
 
 def open_clip_repo(folder: Path, timm_model: str | None = "vit_tiny_patch16_224", proj: str = "linear",
-                   quick_gelu: bool = False, ls_init_value: float | None = None):
+                   quick_gelu: bool = False, ls_init_value: float | None = None, timm_pool: str = ""):
     """timm_model None: open_clip's own ViT (32 px, 2 blocks of width 32), as OpenAI CLIP models."""
     import open_clip
     from safetensors.torch import save_file
 
-    vision = ({"timm_model_name": timm_model, "timm_model_pretrained": False, "timm_pool": "", "timm_proj": proj,
+    vision = ({"timm_model_name": timm_model, "timm_model_pretrained": False, "timm_pool": timm_pool, "timm_proj": proj,
                "image_size": 224} if timm_model else
               {"image_size": 32, "layers": 2, "width": 32, "head_width": 16, "patch_size": 8,
                "ls_init_value": ls_init_value})

@@ -22,6 +22,7 @@ Endpoints:
 ``GET  /api/models`` (``HfApi.list_models``)          search: ``filter`` (tags, all must match), ``search``,
                                                       ``author``, ``limit``; ``cardData``/``full``: the
                                                       README front matter as ``cardData``
+``PUT  /api/models/{repo}/settings``                  ``gated``: "auto" / "manual" gate the repo, false opens it
 ``GET  /api/models/{repo}[/revision/{rev}]``          sha, private, siblings
 ``GET  /api/models/{repo}/tree/{rev}[/{path}]``       files (+ folders unless ``recursive``)
 ``HEAD|GET /{repo}/resolve/{rev}/{path}``             X-Repo-Commit, quoted ETag (git blob sha1),
@@ -148,6 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     # ------------------------------------------------------------------ plumbing
     def _auth(self) -> str | None:
         value = self.headers.get("Authorization", "")
@@ -180,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", rf"/api/models/{_REPO}/preupload/(?P<rev>[^/]+)", self.preupload),
             ("POST", rf"/api/models/{_REPO}/commit/(?P<rev>[^/]+)", self.commit),
             ("GET", r"/api/models", self.list_models),
+            ("PUT", rf"/api/models/{_REPO}/settings", self.settings),
             ("GET", rf"/api/models/{_REPO}(?:/revision/(?P<rev>[^/]+))?", self.repo_info),
             ("GET", rf"/api/models/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?", self.tree),
             ("GET|HEAD", rf"/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)", self.resolve),
@@ -267,6 +272,17 @@ class _Handler(BaseHTTPRequestHandler):
         sha = self.fake._commit(self.fake.repos[repo], files, message)
         self._send(200, {"success": True, "commitOid": sha, "commitUrl": f"{self.fake.url}/{repo}/commit/{sha}",
                          "hookOutput": ""})
+
+    def settings(self, query, repo) -> None:
+        """``HfApi.update_repo_settings(repo, gated="manual"|"auto"|False)``: gating as :meth:`FakeHub.gate`."""
+        self.fake._check_write(self._auth(), repo.split("/")[0])
+        self.fake._repo(repo, self._auth())
+        gated = json.loads(self._body() or b"{}").get("gated")
+        if gated in ("auto", "manual"):
+            self.fake.gated.add(repo)
+        elif gated is False:
+            self.fake.gated.discard(repo)
+        self._send(200, {})
 
     def repo_info(self, query, repo, rev=None) -> None:
         sha, files = self.fake._snapshot(repo, rev or "main", self._auth())

@@ -4,6 +4,7 @@ the Hub listing reaches /adapters and /search_hub; /pull_hub_adapter pulls and t
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 import torch
@@ -44,12 +45,13 @@ def app_zoo(tmp_path_factory):
     for i, (method, hp) in enumerate(ZOO):
         zoo_adapter(root / "runs" / f"{i}-{method}", i, method, hp)
     hub = FakeHub(token="hf_test", user="tester").start()
-    push_adapter(make_adapter(root / "to-push", method="ssf", dataset="ham10000"), "tester/tiny-ssf", private=False,
+    repo = f"tester/tiny-ssf-{uuid.uuid4().hex[:8]}"  # unique: the HF cache is keyed by repo id, not endpoint
+    push_adapter(make_adapter(root / "to-push", method="ssf", dataset="ham10000"), repo, private=False,
                  token="hf_test", endpoint=hub.url)
     demo = app.build_app(root / "runs", hub_repos=[], predictor=Predictor(pretrained=False), create_demo=False,
                          sd_base="", examples_dir=root / "examples", hub_endpoint=hub.url)
     url = start_app(demo)
-    yield {"client": Client(url, verbose=False), "state": demo.medpeft_state, "root": root, "hub": hub}
+    yield {"client": Client(url, verbose=False), "state": demo.medpeft_state, "root": root, "hub": hub, "repo": repo}
     demo.close()
     hub.stop()
 
@@ -80,21 +82,21 @@ def test_zoo_shares_one_base_through_the_api(app_zoo):
 def test_hub_listing_search_and_pull(app_zoo):
     from gradio_client import handle_file
 
-    client, state = app_zoo["client"], app_zoo["state"]
+    client, state, repo = app_zoo["client"], app_zoo["state"], app_zoo["repo"]
     listed = client.predict(api_name="/adapters")
     hub_rows = [r for r in listed if r["source"] == "hub-listing"]
-    assert [r["key"] for r in hub_rows] == ["hub:tester/tiny-ssf"]
+    assert [r["key"] for r in hub_rows] == [f"hub:{repo}"]
     assert hub_rows[0]["method"] == "ssf" and hub_rows[0]["dataset"] == "ham10000" and not hub_rows[0]["cached"]
     table, note, _choices = client.predict("All", "ham10000", "", "ssf", api_name="/search_hub")
-    assert [r[0] for r in table["data"]] == ["tester/tiny-ssf"] and "1 MedPEFT adapter" in note
+    assert [r[0] for r in table["data"]] == [repo] and "1 MedPEFT adapter" in note
     table, note, _ = client.predict("All", "no-such-dataset", "", "All", api_name="/search_hub")
     assert table["data"] == [] or table["data"] == [[None] * len(table["headers"])]
-    client.predict("tester/tiny-ssf", "All", "All", api_name="/pull_hub_adapter")
-    assert state.adapters.get("hub:tester/tiny-ssf") is not None
-    label, *_ = client.predict(handle_file(str(app_zoo["root"] / "retina.png")), "hub:tester/tiny-ssf", False,
+    client.predict(repo, "All", "All", api_name="/pull_hub_adapter")
+    assert state.adapters.get(f"hub:{repo}") is not None
+    label, *_ = client.predict(handle_file(str(app_zoo["root"] / "retina.png")), f"hub:{repo}", False,
                                api_name="/classify")
     assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-3)
     listed = client.predict(api_name="/adapters")
-    pulled = [r for r in listed if r["key"] == "hub:tester/tiny-ssf"]
+    pulled = [r for r in listed if r["key"] == f"hub:{repo}"]
     assert len(pulled) == 1 and pulled[0]["source"] == "hub"  # listed once, as a pulled adapter
     assert json.dumps(listed)  # plain JSON for gradio_client scripts

@@ -277,6 +277,7 @@ def test_loadtest_short_run(world, tmp_path):
     assert code == 0 and r["errors"]["other"] == 0, r["errors"]
     assert {"current_adapters", "adapters", "classify", "classify_gradcam", "compare"} <= set(r["latency_ms"])
     assert r["latency_ms"]["p95"] >= r["latency_ms"]["p50"] > 0 and "per_session" in r["rss_mb"]
+    assert loadtest.find_server_pid(world["url"]) == os.getpid()  # the app runs in this test process
 
 
 # ------------------------------------------------------------------------------------ ZeroGPU
@@ -386,3 +387,35 @@ def test_train_jobs_on_zerogpu_stream_from_one_gpu_call(fake_space):
     assert [e["kind"] for e in job.events()] == ["epoch", "done"] and job.results == {"ok": True}
     assert ("train_events", 90) in fake_space
     assert list(job.events()) == []  # the stream runs once (a drain after a lost client ends at once)
+
+
+@pytest.mark.slow  # starts `python app.py` as a Space would
+def test_app_started_as_on_a_space_is_public(tmp_path):
+    import subprocess
+
+    from tests.helpers import free_port
+
+    port = free_port()
+    env = {**os.environ, "SPACE_ID": "me/medpeft", "GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": str(port),
+           "MEDPEFT_ADAPTERS_DIR": str(tmp_path / "runs"), "MEDPEFT_STATE_CAPACITY": "2",
+           "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=root, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}/", time.time() + 180
+        while time.time() < deadline:
+            try:
+                a, b = Client(url, verbose=False), Client(url, verbose=False)
+                break
+            except Exception:
+                time.sleep(1)
+        listing = a.predict(api_name="/adapters")
+        assert [r["key"] for r in listing] == ["demo-imagenet-lite0"]
+        with pytest.raises(AppError, match="only on uploaded zips"):
+            b.predict(None, "imagefolder", "/", api_name="/check_dataset")
+        out = b.predict("All", "All", None, api_name="/current_adapters")
+        assert str(tmp_path) not in json.dumps(out, default=str)
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -15,8 +15,15 @@ from pathlib import Path
 from typing import Sequence
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        print(f"error: {message} (see python -m trainer.geneval --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.geneval", description=__doc__.split("\n\n")[0])
+    p = _Parser(prog="python -m trainer.geneval", description="Judge generated images against real ones, offline: "
+                "FID/KID, precision/recall/density/coverage, diversity, memorization of training images.")
     p.add_argument("--real", required=True, help="folder of real (held-out, never trained on) images")
     p.add_argument("--fake", required=True, action="append",
                    help="folder of generated images; repeat to compare several methods (named by folder)")
@@ -43,7 +50,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .images import ImageSetError, list_images
     from .report import evaluate, format_report, read_prompts, write_json
 
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already said in one line)
+        return e.code if isinstance(e.code, int) else 0
     if not 0 < args.fpr < 0.5:
         print(f"error: --fpr must be between 0 and 0.5, got {args.fpr}", file=sys.stderr)
         return 2

@@ -174,8 +174,7 @@ def _timm_model(arch: str, pretrained: bool) -> nn.Module:
 def _wrap_timm(model: nn.Module, name: str, sha: str, source: str) -> Extractor:
     from adapters import data_config
 
-    cfg = data_config(model)
-    model.reset_classifier(0) if hasattr(model, "reset_classifier") else None
+    cfg = data_config(model)  # the model was created with num_classes=0: pooled features out
     size = int(cfg["input_size"][-1])
     return Extractor(name, Preprocess(model.eval(), size, cfg["mean"], cfg["std"]).eval(), sha, source, size)
 

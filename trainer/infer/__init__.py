@@ -1,6 +1,6 @@
 """Inference: the adapter store (``store``: find local and Hub adapters, the offline demo adapter, Hub
 reachability is ``trainer.preflight``'s), Hub search and pull (``discover``), many adapters on one frozen
-base (``serving``), classification with Grad-CAM (``predictor``, ``gradcam``) and text-to-image (``generator``).
+base (``serving``, ``structures``), classification with Grad-CAM (``predictor``, ``gradcam``) and text-to-image (``generator``).
 
 May import ``trainer.data``, ``trainer.diffusion``, ``trainer.hub``, ``trainer.card`` (the discovery tags and
 card metrics), ``trainer.preflight``, ``trainer.study.results`` (number formatting) and ``adapters``; never

@@ -80,7 +80,8 @@ class Generator:
             except Exception as e:
                 raise InferenceError(f"could not load the generation pipeline {base!r}: {type(e).__name__}: {e}") from e
             unet = pipe.unet
-            server = AdapterServer(lambda cfg: unet, lambda cfg: base, device=unet.device,
+            device = next((p.device for p in unet.parameters()), torch.device(self.device))
+            server = AdapterServer(lambda cfg: unet, lambda cfg: base, device=device,
                                    num_classes=lambda cfg: None)
             self._pipes[base] = (pipe, server, unet)
             while len(self._pipes) > self.max_pipelines:

@@ -124,6 +124,19 @@ def check_fits(seconds: int, limit_s: int) -> None:
                           "smaller dataset, or train with `python -m trainer` on your own GPU")
 
 
+def sized_job(job_factory: Callable, cfg, trials: int, trial_epochs: int, n_images: int, limit_s: int):
+    """``job_factory()`` off a Space; on a Space the job's GPU seconds are estimated and checked against
+    ``limit_s`` (:func:`check_fits`), and with ZeroGPU it runs as one GPU call (:class:`ZeroGPUJob`)."""
+    if not on_space():
+        return job_factory()
+    from adapters.backbones import backbone_family
+
+    seconds = estimate_train_seconds(n_images, cfg.epochs, trials, trial_epochs, cfg.img_size,
+                                     backbone_family(cfg.backbone))
+    check_fits(seconds, limit_s)
+    return ZeroGPUJob(job_factory, seconds) if spaces_module() is not None else job_factory()
+
+
 def _train_seconds(job_factory: Callable, seconds: int):
     return int(seconds)
 

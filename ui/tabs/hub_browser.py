@@ -14,6 +14,7 @@ from trainer.infer.discover import HubError, HubListing, pull, search_hub
 from ..errors import user_errors
 from ..shared import TabContext
 from ..state import ALL
+from ..visitors import visitor_scoped
 
 COLUMNS = ["repo", "method", "backbone", "dataset", "task", "headline", "test score", "worst group", "ECE",
            "trainable", "cached"]
@@ -65,6 +66,7 @@ class HubBrowser:
         return search_hub(task=task, dataset=(dataset or "").strip() or None, backbone=(backbone or "").strip() or None,
                           method=method, repos=list(self.state.settings.hub_repos), endpoint=self.state.hub_endpoint)
 
+    @visitor_scoped
     @user_errors("search the Hub")
     def search(self, task: str, dataset: str, backbone: str, method: str):
         listing = self.listing(task, dataset, backbone, method)
@@ -72,6 +74,7 @@ class HubBrowser:
                 gr.update(choices=[(a.label(), a.repo_id) for a in listing],
                           value=listing[0].repo_id if listing else None))
 
+    @visitor_scoped
     @user_errors("pull the adapter")
     def pull(self, repo: str | None, dataset: str, task: str, progress=gr.Progress(track_tqdm=True)):
         repo = (repo or "").strip()

@@ -23,8 +23,6 @@ from trainer.jobs.runs import best_seed, new_run_dir, results_for_adapter, run_s
 from trainer.jobs.session import TrainingJob, TrainingSessions, TrainRun
 from trainer.jobs.upload import UPLOAD, resolve_dataset
 
-from adapters.backbones import backbone_family
-
 from .. import views
 from ..errors import user_errors
 from ..shared import TabContext
@@ -356,12 +354,7 @@ class TrainTab:
 
         factory = (functools.partial(QuickHPOJob, cfg, trials, work / "hpo") if trials
                    else functools.partial(TrainingJob, cfg))
-        if not zerogpu.on_space():
-            return factory()
-        seconds = zerogpu.estimate_train_seconds(n_images, cfg.epochs, trials, HPO_TRIAL_EPOCHS, cfg.img_size,
-                                                 backbone_family(cfg.backbone))
-        zerogpu.check_fits(seconds, self.state.settings.gpu_max_s)
-        return zerogpu.ZeroGPUJob(factory, seconds) if zerogpu.spaces_module() is not None else factory()
+        return zerogpu.sized_job(factory, cfg, trials, HPO_TRIAL_EPOCHS, n_images, self.state.settings.gpu_max_s)
 
     def finished(self, results: dict, run: TrainRun) -> dict:
         """The result: metrics, confusion matrix, the adapter in the store and selected on the Classify tab."""

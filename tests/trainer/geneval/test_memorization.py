@@ -139,3 +139,6 @@ def test_command_line_errors(tmp_path, capsys, faces, monkeypatch):
         rc = main(["--real", str(tmp_path / "real"), "--no-progress", "--device", "cpu"] + args)
         err = capsys.readouterr().err.strip()
         assert rc == 2 and message in err and len(err.splitlines()) == 1, (args, err)
+    assert main(["--fake", str(tmp_path / "real")]) == 2  # a usage error: one line too
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: the following arguments are required: --real (see python -m trainer.geneval --help)"]

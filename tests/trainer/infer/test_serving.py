@@ -16,7 +16,8 @@ from adapters.io import AdapterConfig, load_adapter, save_adapter
 from safetensors.torch import load_file
 
 from trainer.infer import Predictor
-from trainer.infer.serving import AdapterServer, base_chunk
+from trainer.infer.serving import AdapterServer
+from trainer.infer.structures import base_chunk
 
 
 def make(folder: Path, backbone: str, method: str, seed: int, classes: int = 3, temperature=None,

@@ -57,7 +57,7 @@ def make_zoo(folder: Path, backbone: str, n: int, num_classes: int, img_size: in
     aliasing copy of it), trained tensors drawn at random."""
     from adapters import create_backbone, data_config, family_of
     from adapters.io import AdapterConfig, apply_method, save_adapter
-    from trainer.infer.serving import aliasing_copy
+    from trainer.infer.structures import aliasing_copy
 
     base = create_backbone(backbone, num_classes, pretrained=False, img_size=img_size).eval()
     family = family_of(base)
