@@ -57,8 +57,14 @@ EXPECTED_TRAINABLE.update({
 })
 EXPECTED_TRAINABLE.update({k: (lambda prefix: lambda n: f".{prefix}" in n)(v) for k, v in PEFT_PREFIX.items()})
 
-CASES = [pytest.param(name, fam, id=f"{name}-{fam}") for name, m in sorted(METHODS.items())
-         for fam in m.families if fam in BACKBONES]
+# Issue 20's catalogue: a representative of each mechanism in the fast subset, the rest with the slow tests.
+CATALOGUE_FAST = {"loha", "oft", "vera", "fourierft", "adalora", "fact_tk", "repadapter", "mona", "prefix_tuning",
+                  "conv_adapter", "convpass", "adapter_houlsby"}
+CATALOGUE = set(PEFT_PREFIX) | {"adapter_houlsby", "adapter_pfeiffer", "convpass", "fact_tt", "fact_tk", "repadapter",
+                                "mona", "prefix_tuning", "conv_adapter"}
+CASES = [pytest.param(name, fam, id=f"{name}-{fam}",
+                      marks=pytest.mark.slow if name in CATALOGUE - CATALOGUE_FAST else ())
+         for name, m in sorted(METHODS.items()) for fam in m.families if fam in BACKBONES]
 
 
 def base_model(family: str, seed: int = 0) -> torch.nn.Module:

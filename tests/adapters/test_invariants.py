@@ -22,7 +22,10 @@ from adapters.io import AdapterConfig, load_adapter, save_adapter
 from adapters.registry import after_step, extra_loss
 
 BACKBONES = {"vit": TINY_VIT, "cnn": TINY_CNN}
-CASES = [pytest.param(n, f, id=f"{n}-{f}") for n, m in sorted(METHODS.items()) for f in m.families if f in BACKBONES]
+# The fast subset runs a representative method of each mechanism; the rest run with the slow tests.
+FAST = {"lora", "loha", "oft", "vera", "fourierft", "adalora", "fact_tk", "repadapter", "mona", "prefix_tuning", "conv_adapter", "convpass", "ssf", "bitfit"}
+CASES = [pytest.param(n, f, id=f"{n}-{f}", marks=() if n in FAST else pytest.mark.slow)
+         for n, m in sorted(METHODS.items()) for f in m.families if f in BACKBONES]
 
 
 def base_model(family: str) -> torch.nn.Module:
@@ -98,7 +101,8 @@ def reg_vit() -> VisionTransformer:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", HAND_WRITTEN_VIT)
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
+                                  for n in HAND_WRITTEN_VIT])
 def test_register_tokens_and_layerscale(name, tmp_path):
     base = reg_vit()
     assert base.num_prefix_tokens == 4

@@ -29,7 +29,8 @@ def batches(n=3):
     return [(torch.randn(4, 3, 32, 32, generator=g), torch.tensor([0, 1, 2, 0])) for _ in range(n)]
 
 
-@pytest.mark.parametrize("init", INITS)
+@pytest.mark.parametrize("init", [pytest.param(i, marks=() if i in ("default", "pissa") else pytest.mark.slow)
+                                  for i in INITS])
 def test_every_init_is_identity_and_reloads_exactly(init, tmp_path):
     base = vit()
     x = batches(1)[0][0]

@@ -110,7 +110,7 @@ def test_lora_defaults_to_q_and_v_on_a_vit():
     model = apply_method(tiny_vit(), "lora")
     wrapped = [n for n, m in model.base_model.model.named_modules() if hasattr(m, "lora_A")]
     assert wrapped == [f"blocks.{i}.attn.qkv.{p}" for i in range(DEPTH) for p in ("q", "v")]
-    assert model.medpeft_hparams["targets"] == "auto"
+    assert model.medpeft_hparams["targets"] == "qv"  # recorded resolved (issue 20)
 
 
 def test_lora_fused_qkv_folder_loads_with_plain_peft_on_a_timm_model(tmp_path):
