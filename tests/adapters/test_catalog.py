@@ -41,6 +41,7 @@ def test_catalog_grid_lists_every_method(family):
     assert sorted(grid["grid"]["method"]) == sorted(m.name for m in methods_for(family))
 
 
+@pytest.mark.slow  # a subprocess over every method (~6 s)
 def test_adapters_list_json():
     out = subprocess.run([sys.executable, "-m", "adapters", "list", "--json"], cwd=ROOT, capture_output=True,
                          text=True, timeout=120, check=True).stdout

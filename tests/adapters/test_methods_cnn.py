@@ -209,6 +209,7 @@ def test_list_resnet50_counts(resnet50_rows):
     assert rows["ssf"]["mergeable"] is True and rows["tsa"]["mergeable"] is True
 
 
+@pytest.mark.slow  # shares the ResNet50 count fixture (~14 s)
 def test_list_json_is_well_formed(resnet50_rows):
     keys = {"method", "trainable", "total", "percent", "mergeable", "peft", "identity_at_init", "paper_name",
             "reported"}

@@ -217,6 +217,7 @@ def test_private_data_is_deleted_after_the_ttl(tmp_path):
     assert not (tmp_path / "private" / "s-old").exists() and new.is_dir()
 
 
+@pytest.mark.slow  # waits for the TTL sweep
 def test_private_adapter_disappears_from_the_app_after_a_tiny_ttl(tmp_path):
     demo = build_app(public_settings(tmp_path, private_ttl=5))  # room for a loaded machine to list it first
     url = start_app(demo)
@@ -367,6 +368,7 @@ def test_space_config_suggests_zerogpu_and_preloads_the_sd_base():
     assert space_card(card, "/local/pipeline") == card
 
 
+@pytest.mark.slow  # a Train job through the API
 def test_a_train_job_over_the_zerogpu_limit_is_refused_through_the_api(tmp_path, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "me/medpeft")  # on a Space (no spaces package here: the limit still holds)
     demo = build_app(public_settings(tmp_path, gpu_max_s=5))

@@ -27,7 +27,7 @@ def _sets(extractors, **named):
     return {k: load_set(uint8(v), extractors, role=k, thumbs=True, progress=False) for k, v in named.items()}
 
 
-@pytest.mark.parametrize("use_features", [False, True])
+@pytest.mark.parametrize("use_features", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_planted_near_copies_are_flagged(faces, lite0, use_features):
     from trainer.geneval.memorization import memorization
 

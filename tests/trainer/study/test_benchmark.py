@@ -133,6 +133,7 @@ def test_table4_runs_each_method_at_its_family_lr(tmp_path):
     assert 1e-6 <= lrs["full"] <= 1e-4 and 1e-4 <= lrs["bias"] <= 1e-2 and lrs["bias"] > 10 * lrs["full"]
 
 
+@pytest.mark.slow  # a real sweep (~7 s)
 def test_sweep_searches_then_runs_seeds_once_and_skips_finished(grid_file, tmp_path):
     results = tmp_path / "results"
     counts = run_grid(grid_file, results, worker="w0", poll=0.1)
