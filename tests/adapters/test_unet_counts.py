@@ -31,7 +31,13 @@ def test_sd15_listing_counts_and_paper_rows():
         "lora": 1_594_368,  # rank 8; rank 4 = 797,184, the paper's 797K
         "svdiff": 222_696,  # paper 21.4K: no natural subset gives it
         "difffit": 481_284,
+        # peft's LyCORIS/OFT family on the same attention projections (their defaults: no paper row)
+        "loha": 3_188_736,  # two rank-8 Hadamard factor pairs: exactly twice rank-8 LoRA (checked below)
+        "lokr": 138_592,
+        "oft": 1_541_568,
+        "boft": 497_664,
     }
+    assert trainable["loha"] == 2 * trainable["lora"]  # analytic: 2 * r * (in + out) per projection
     paper = {m: (r["paper_name"], r["reported"]) for m, r in rows.items()}
     assert paper["attention_blocks"] == ("attention", "26.7M")
     assert paper["bias_norm_attention_blocks"] == ("bias_norm_attention", "26.7M")

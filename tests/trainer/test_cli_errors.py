@@ -366,7 +366,7 @@ def test_disk_full_while_writing_results_or_the_adapter_keeps_the_run_resumable(
     import builtins
     import errno
 
-    import adapters.io as io_module
+    import adapters.core as adapters_core
     import trainer.run_dir as run_dir_module
     from safetensors import SafetensorError
 
@@ -385,7 +385,7 @@ def test_disk_full_while_writing_results_or_the_adapter_keeps_the_run_resumable(
         raise SafetensorError(f"Error while serializing: IoError(Os {{ code: {errno.ENOSPC}, kind: StorageFull, "
                               f"message: \"No space left on device\" }})")
 
-    monkeypatch.setattr(io_module, "save_file", full_disk_save)
+    monkeypatch.setattr(adapters_core, "save_file", full_disk_save)  # adapters.core writes every safetensors file
     rc = main(good(str(inputs["shapes"])) + ["--output-dir", str(tmp_path / "out2")])
     _one_line_error(rc, capsys.readouterr().err, "no space left on the device (ENOSPC)")
     assert not list((tmp_path / "out2").rglob("adapter_model.safetensors"))

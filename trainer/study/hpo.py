@@ -162,16 +162,21 @@ def objective_for(base: TrainConfig, study_dir: Path, train: Callable | None = N
 
 
 def keep_best_adapter(study_dir: Path):
-    """An optuna callback: after each trial, only the study's best trial keeps its adapter folder."""
+    """An optuna callback: after each trial, only the study's best trial keeps its adapter folder. Only
+    finished trials are touched: a trial another worker is still running keeps its folder until it ends."""
 
     def callback(study, _trial) -> None:
+        import optuna
+
         try:
             best = study.best_trial.number
         except ValueError:  # no completed trial yet
             return
-        for folder in Path(study_dir).glob("trial_*"):
-            if folder.name != f"trial_{best:04d}":
-                for adapter in folder.glob("seed_*/adapter"):
+        states = optuna.trial.TrialState
+        finished = study.get_trials(deepcopy=False, states=(states.COMPLETE, states.PRUNED, states.FAIL))
+        for t in finished:
+            if t.number != best:
+                for adapter in (Path(study_dir) / f"trial_{t.number:04d}").glob("seed_*/adapter"):
                     shutil.rmtree(adapter, ignore_errors=True)
 
     return callback
