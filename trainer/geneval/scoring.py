@@ -82,8 +82,9 @@ def score_split(cfg, pipe, pairs, train_images, folder: Path, accelerator, seed:
     return summary(report["sets"]["generated"]), report
 
 
-def score_run(cfg, parts, unet, data, out: Path, accelerator, seed: int) -> dict:
-    """Test and validation scores of a fine-tuned U-Net, the noise-norm score, and the sample sizes."""
+def score_run(cfg, parts, unet, data, out: Path, accelerator, seed: int, search_trial: bool = False) -> dict:
+    """Test and validation scores of a fine-tuned U-Net, the noise-norm score, and the sample sizes;
+    ``search_trial``: validation only (an HPO trial never sees the test split)."""
     import random
 
     from ..data.text2img import load_grayscale
@@ -97,21 +98,22 @@ def score_run(cfg, parts, unet, data, out: Path, accelerator, seed: int) -> dict
     if len(train_pairs) > MAX_TRAIN_IMAGES:
         train_pairs = random.Random(seed).sample(train_pairs, MAX_TRAIN_IMAGES)
     train_images = [load_grayscale(p.path, cfg.resolution).convert("RGB") for p in train_pairs]
-    scores: dict = {"val": None}
+    scores: dict = {"val": None, "test": None}
     for split, pairs, folder, offset in (("test", data.test, out / "fid", 0),
                                          ("val", data.val, out / "geneval" / "val", 500_000)):
-        if not pairs:
+        if not pairs or (search_trial and split == "test"):
             continue
         summ, report = score_split(cfg, pipe, pairs, train_images, folder, accelerator, seed, offset)
         write_json(report, out / "geneval" / f"{split}.json")
         scores[split] = summ
-        if split == "test":
+        if split == ("val" if search_trial else "test"):
             entry = report["sets"]["generated"]
             warning = entry["fidelity"]["inception"]["warning"]
             if warning:
                 warnings.warn(warning, stacklevel=2)
                 accelerator.print(f"warning: {warning}")
             scores["fid_samples"] = {"real": report["n_real"], "generated": entry["n"], "warning": warning}
+    scores.setdefault("fid_samples", {"real": 0, "generated": 0, "warning": None})
     held = data.val or data.test
     rng = random.Random(seed)
     pick = lambda pairs: [p.text for p in rng.sample(pairs, min(NOISE_NORM_PROMPTS, len(pairs)))]  # noqa: E731

@@ -173,7 +173,8 @@ def _validate(cfg, parts, unet, prompts, step: int, out: Path, accelerator, seed
     return paths
 
 
-def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunDir, accelerator) -> dict:
+def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunDir, accelerator,
+               search_trial: bool = False) -> dict:
     from accelerate.utils import set_seed
     from diffusers import UNet2DConditionModel
 
@@ -289,26 +290,31 @@ def train_seed(cfg: TrainConfig, parts: dict[str, Any], seed: int, run_dir: RunD
         save_adapter(plain, run_dir.adapter_dir(seed), acfg)
         write_train_pairs(out, data.train)  # the app's nearest-training-image view (local paths, not pushed)
         if cfg.fid_samples > 0:  # FID, KID, PRDC, diversity, memorization (trainer.geneval)
-            scored = score_run(cfg, parts, plain, data, out, accelerator, seed)
-            result["test"], result["val"] = scored["test"], scored["val"] or {}
+            scored = score_run(cfg, parts, plain, data, out, accelerator, seed, search_trial=search_trial)
+            result["test"], result["val"] = scored["test"] or {}, scored["val"] or {}
             result["fid_samples"], result["noise_norm"] = scored["fid_samples"], scored["noise_norm"]
-            fid = scored["test"]["fid"]
-            acfg.metrics = {"test_fid": fid, "fid_samples": int(cfg.fid_samples),
+            split = "val" if search_trial else "test"  # a search trial never generates for the test prompts
+            shown = scored[split] or {}
+            fid = shown.get("fid")
+            acfg.metrics = {f"{split}_fid": fid, "fid_samples": int(cfg.fid_samples),
                             "fid_real_samples": scored["fid_samples"]["real"],
-                            **{f"test_{k}": v for k, v in scored["test"].items() if k != "fid"}}
+                            **{f"{split}_{k}": v for k, v in shown.items() if k != "fid"}}
             save_adapter(plain, run_dir.adapter_dir(seed), acfg)
-            mem = scored["test"].get("memorization")
-            accelerator.print(f"[seed {seed}] FID {fid:.3f}, KID {scored['test']['kid']:.4f}"
-                              + (f", memorized {100 * mem:.1f}%" if mem is not None else "")
-                              + f" ({scored['fid_samples']['generated']} generated vs "
-                              f"{scored['fid_samples']['real']} real test images)")
+            mem = shown.get("memorization")
+            if fid is not None:
+                accelerator.print(f"[seed {seed}] {split} FID {fid:.3f}, KID {shown['kid']:.4f}"
+                                  + (f", memorized {100 * mem:.1f}%" if mem is not None else "")
+                                  + f" ({scored['fid_samples']['generated']} generated vs "
+                                  f"{scored['fid_samples']['real']} real {split} images)")
     accelerator.wait_for_everyone()
     return result
 
 
-def run(cfg: TrainConfig) -> dict:
+def run(cfg: TrainConfig, search_trial: bool = False) -> dict:
     """Fine-tune the U-Net of ``cfg.base_model`` with ``cfg.method`` for each seed, write validation images,
-    checkpoints, the adapter folder, FID (``cfg.fid_samples > 0``) and ``results.json``; returns the results."""
+    checkpoints, the adapter folder, FID (``cfg.fid_samples > 0``) and ``results.json``; returns the results.
+    ``search_trial``: an HPO trial, scored on the validation split only (nothing is generated for the test
+    prompts, and its results hold no test score)."""
     cfg.validate()
     if cfg.task != "generation":
         raise ConfigError(f"trainer.loops.generate runs task=generation, not {cfg.task!r}")
@@ -328,9 +334,9 @@ def run(cfg: TrainConfig) -> dict:
         run_dir.save_config(cfg)
     t0 = time.time()
     parts = load_components(cfg.base_model, unet=False)  # each seed loads its own U-Net
-    per_seed = [train_seed(cfg, parts, seed, run_dir, accelerator) for seed in cfg.seeds]
+    per_seed = [train_seed(cfg, parts, seed, run_dir, accelerator, search_trial) for seed in cfg.seeds]
     tested = all(r["test"] for r in per_seed)
-    validated = tested and all(r.get("val") for r in per_seed)
+    validated = all(r.get("val") for r in per_seed)
     results = RunResults.create(
         cfg, task="generation", backbone=BACKBONE, per_seed=per_seed, adapter_dir=run_dir.adapter_rel(cfg.seeds[0]),
         metrics={"test": aggregate([r["test"] for r in per_seed]) if tested else {},

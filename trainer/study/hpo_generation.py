@@ -99,10 +99,8 @@ def make_objective(base: TrainConfig, study_dir: Path, objectives: list[str], fi
         from ..loops.generate import run as generate
 
         cfg = hpo.trial_config(base, trial, study_dir, fixed)
-        results = (run or generate)(cfg)
+        results = (run or generate)(cfg, search_trial=True)  # validation only: the test split is never seen
         trial.set_user_attr("output_dir", cfg.output_dir)
-        test = (results.get("metrics") or {}).get("test") or {}
-        trial.set_user_attr("test", {k: v["mean"] for k, v in test.items()})
         return objective_values(results, objectives)
 
     return objective
@@ -138,7 +136,7 @@ def write_front(study, base: TrainConfig, objectives: list[str], out: Path) -> d
     front = study.best_trials
     chosen = knee(front, objectives) if front else None
     rows = [{"trial": t.number, "pareto": t.number in {f.number for f in front}, "params": t.params,
-             **dict(zip(objectives, t.values)), "test": t.user_attrs.get("test"),
+             **dict(zip(objectives, t.values)),
              "output_dir": t.user_attrs.get("output_dir")} for t in done]
     summary = {"objectives": {o: DIRECTIONS[o] for o in objectives}, "trials": rows,
                "front": [r["trial"] for r in rows if r["pareto"]], "knee": chosen.number if chosen else None,

@@ -4,6 +4,7 @@ and the multi-objective (NSGA-II) search end to end writing its Pareto front."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,7 +103,13 @@ def test_multi_objective_search_end_to_end(tiny_dir, pairs_csv, tmp_path):  # no
     assert len(summary["trials"]) == 3 and summary["front"] and summary["knee"] in summary["front"]
     for row in summary["trials"]:
         assert np.isfinite(row["fid"]) and 0 <= row["memorization"] <= 1 and "lr" in row["params"]
-        assert row["test"]["fid"] > 0  # the test split is scored too, but never searched on
+        assert "test" not in row  # trials are scored on validation only
+        trial_dir = Path(row["output_dir"])
+        assert not (trial_dir / "fid").exists() and not (trial_dir / "geneval" / "test.json").exists()
+        results = json.loads((trial_dir / "results.json").read_text())
+        assert not results["metrics"].get("test") and "fid" in results["metrics"]["val"]
+        for card in trial_dir.rglob("medpeft.json"):
+            assert not any(k.startswith("test") for k in json.loads(card.read_text()).get("metrics", {}))
     assert (out / "pareto.png").is_file() and (out / "pareto.csv").is_file()
     fronts = sorted((out / "front").glob("trial_*.yaml"))
     assert len(fronts) == len(summary["front"])
