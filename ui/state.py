@@ -38,7 +38,9 @@ class AppState:
         self.generator = generator
         self._lock = threading.Lock()
         self.operator_adapters = AdapterList()  # the adapters folder and the Hub zoo: everyone's
-        self.pulled: list[str] = []  # Hub repos pulled from the Classify tab's Hub search (issue 21)
+        self.pulled: list[str] = []  # Hub repos pulled from the Classify tab's Hub search (local mode)
+        # Public mode: each visitor's pulls are listed for that visitor only (recent visitors, bounded).
+        self.pulled_by: collections.OrderedDict[str, list[str]] = collections.OrderedDict()
         self.private: PrivateStore | None = None
         if settings.is_public:
             import tempfile
@@ -53,10 +55,36 @@ class AppState:
     @property
     def adapters(self) -> AdapterList:
         """The adapters the calling visitor may use: the operator's, then (public mode) their own."""
-        mine = self.private_adapters()
+        mine = self.private_adapters() + self.pulled_adapters()
         if not mine:
             return self.operator_adapters
-        return AdapterList([*mine, *self.operator_adapters], self.operator_adapters.messages)
+        keys = {a.key for a in mine}
+        return AdapterList([*mine, *(a for a in self.operator_adapters if a.key not in keys)],
+                           self.operator_adapters.messages)
+
+    def add_pulled(self, repo: str) -> None:
+        """Remember a Hub repo pulled from the Classify tab: for everyone in local mode, for the calling
+        visitor only in public mode (another visitor never learns what was pulled)."""
+        if not self.public:
+            if repo not in self.pulled:
+                self.pulled.append(repo)
+            return
+        owner = current_owner()
+        if not owner:
+            raise InferenceError("this server could not tell who you are: reload the page and try again")
+        with self._lock:
+            repos = self.pulled_by.pop(owner, [])
+            self.pulled_by[owner] = repos + ([repo] if repo not in repos else [])
+            while len(self.pulled_by) > max(1, self.settings.state_capacity):
+                self.pulled_by.popitem(last=False)
+
+    def pulled_adapters(self, owner: str | None = None) -> list:
+        """The Hub adapters the calling visitor (or ``owner``) pulled (public mode; read from the Hub cache)."""
+        owner = owner or current_owner()
+        repos = self.pulled_by.get(owner or "", []) if self.public else []
+        if not repos:
+            return []
+        return list(find_adapters(None, repos, endpoint=self.hub_endpoint))
 
     def private_adapters(self, owner: str | None = None) -> list:
         """The calling visitor's (or ``owner``'s) private adapters, keyed ``private:<run>/seed_N/adapter``."""

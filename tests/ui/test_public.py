@@ -434,3 +434,35 @@ def test_app_started_as_on_a_space_is_public(tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.mark.slow  # an app + a fake Hub on ports
+def test_a_hub_pull_is_listed_for_the_visitor_who_pulled_it_only(tmp_path):
+    import uuid
+
+    from tests.helpers.hubserver import FakeHub
+    from trainer.hub import push_adapter
+
+    hub = FakeHub(token="hf_test", user="tester").start()
+    repo = f"tester/pulled-{uuid.uuid4().hex[:8]}"
+    push_adapter(make_adapter(tmp_path / "to-push", method="ssf", dataset="ham10000"), repo, private=False,
+                 token="hf_test", endpoint=hub.url)
+    make_adapter(tmp_path / "runs" / "operator" / "bitfit" / "adapter")
+    demo = build_app(public_settings(tmp_path, hub_endpoint=hub.url))
+    url = start_app(demo)
+    try:
+        a, b = Client(url, verbose=False), Client(url, verbose=False)
+        a.predict(repo, "All", "All", api_name="/pull_hub_adapter")
+
+        def pulled(client):
+            return [r for r in client.predict(api_name="/adapters") if r["key"] == f"hub:{repo}" and r["source"] == "hub"]
+
+        assert len(pulled(a)) == 1 and pulled(b) == []
+        image = handle_file(str(retina_png(tmp_path / "r.png", 64)))
+        label, *_ = a.predict(image, f"hub:{repo}", False, api_name="/classify")
+        assert sum(c["confidence"] for c in label["confidences"]) == pytest.approx(1.0, abs=1e-3)
+        with pytest.raises(AppError):  # B never pulled it: not among B's adapters
+            b.predict(image, f"hub:{repo}", False, api_name="/classify")
+    finally:
+        demo.close()
+        hub.stop()

@@ -85,8 +85,7 @@ class HubBrowser:
                  token=False if self.state.public else None)  # public mode: never the server's own token
         except HubError as e:
             raise InferenceError(str(e)) from None
-        if repo not in self.state.pulled:
-            self.state.pulled.append(repo)
+        self.state.add_pulled(repo)
         self.state.scan()
         p = self.ctx.pickers
         keys = [a.key for a in self.state.classifiers() if a.key == f"hub:{repo}" or a.key.startswith(f"hub:{repo}/")]
