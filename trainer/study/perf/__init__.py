@@ -206,16 +206,22 @@ def main(argv: list[str] | None = None) -> int:
             print(format_vs_baseline(vs))
             result["wall_s"] = time.time() - t0
     print(format_targets(result["targets"]))
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
-        if args.catalog and result.get("mode") == "catalog":
-            from .catalog import write_outputs
-
-            print("wrote " + ", ".join(str(p) for p in [args.json_path, *write_outputs(result, args.json_path,
-                                                                                     args.scores)]))
-        print(f"wrote {args.json_path}")
+    write_json(args, result)
     return 0
+
+
+def write_json(args, result: dict) -> None:
+    """``--json F``: the measurements (and, for --catalog, its table, CSV and Pareto plot beside it)."""
+    if not args.json_path:
+        return
+    Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
+    if args.catalog and result.get("mode") == "catalog":
+        from .catalog import write_outputs
+
+        print("wrote " + ", ".join(str(p) for p in [args.json_path, *write_outputs(result, args.json_path,
+                                                                                 args.scores)]))
+    print(f"wrote {args.json_path}")
 
 
 def serving_main(args) -> int:
@@ -233,15 +239,7 @@ def serving_main(args) -> int:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
     print(format_serving(result))
-    if args.json_path:
-        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_path).write_text(json.dumps(json_safe(result), indent=2, allow_nan=False, default=str))
-        if args.catalog and result.get("mode") == "catalog":
-            from .catalog import write_outputs
-
-            print("wrote " + ", ".join(str(p) for p in [args.json_path, *write_outputs(result, args.json_path,
-                                                                                     args.scores)]))
-        print(f"wrote {args.json_path}")
+    write_json(args, result)
     return 0
 
 
